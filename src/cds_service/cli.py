@@ -1,0 +1,89 @@
+"""The `cds-service` command line: one entry point, subcommands per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cds_service.settings import get_settings
+
+log = logging.getLogger("cds_service")
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from cds_service.data.synth import GeneratorMissing, synthesize
+
+    try:
+        fhir_dir = synthesize(args.generator, args.patients, args.seed, args.out, args.threads)
+    except GeneratorMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = sum(1 for p in fhir_dir.iterdir() if p.is_file())
+    print(f"{args.generator}: {files} FHIR files in {fhir_dir}")
+    return 0
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from cds_service.data.build import BuildOptions, build_dataset
+
+    options = BuildOptions(
+        seed=args.seed,
+        min_token_count=args.min_token_count,
+        min_label_count=args.min_label_count,
+        max_note_pieces=args.max_note_pieces,
+        generator=args.generator,
+    )
+    for path in args.fhir:
+        if not path.exists():
+            print(f"error: --fhir {path}: no such file or directory", file=sys.stderr)
+            return 2
+    try:
+        manifest = build_dataset(args.fhir, args.out, options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = {k: manifest[k] for k in ("counts", "splits", "vocab_size", "note_vocab_size", "read_report")}
+    summary["labels"] = {head: len(v) for head, v in manifest["labels"].items()}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="synthetic cohorts and training datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = data_commands.add_parser("synth", help="generate a synthetic FHIR R4 cohort")
+    synth.add_argument("--generator", choices=("synthea", "clinosim"), required=True)
+    synth.add_argument("--patients", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=get_settings().seed)
+    synth.add_argument("--threads", type=int, default=2)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.set_defaults(func=_data_synth)
+
+    build = data_commands.add_parser("build", help="build a training dataset from FHIR files")
+    build.add_argument("--fhir", type=Path, action="append", required=True, help="directory or file; repeatable")
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--seed", type=int, default=get_settings().seed)
+    build.add_argument("--generator", default="unknown", help="recorded in the manifest")
+    build.add_argument("--min-token-count", type=int, default=2)
+    build.add_argument("--min-label-count", type=int, default=20)
+    build.add_argument("--max-note-pieces", type=int, default=128)
+    build.set_defaults(func=_data_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
