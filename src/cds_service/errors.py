@@ -1,9 +1,9 @@
 """Exceptions raised by cds-service, one tree so callers can catch at the right depth.
 
-    CdsError
-    ├── FhirInputError         input FHIR data cannot be read at all (bad JSON, empty file, wrong shape)
-    │   └── UnsupportedFhirVersion   a resource from another FHIR version (e.g. DSTU2 MedicationOrder)
-    └── DatasetError           a dataset directory is missing files or has an unknown format version
+CdsError
+├── FhirInputError         input FHIR data cannot be read at all (bad JSON, empty file, wrong shape)
+│   └── UnsupportedFhirVersion   a resource from another FHIR version (e.g. DSTU2 MedicationOrder)
+└── DatasetError           a dataset directory is missing files or has an unknown format version
 """
 
 from __future__ import annotations

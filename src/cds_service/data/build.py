@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from cds_service.data.dataset import SEX_IDS, SPECIAL_TOKENS, SPLITS, save_dataset
 from cds_service.data.labels import encounter_labels
-from cds_service.data.note_tokenizer import NoteTokenizer, train_note_tokenizer
+from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer, train_note_tokenizer
 from cds_service.fhir.reader import ReadReport
 from cds_service.timeline.builder import build_timelines
 from cds_service.timeline.events import EventKind, PatientTimeline
@@ -44,6 +44,13 @@ def patient_split(patient_id: str, seed: int) -> int:
     return 0 if u < SPLIT_FRACTIONS[0] else 1 if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else 2
 
 
+_COLUMNS = (
+    "patient_events", "patient_notes", "patient_birth", "patient_sex", "patient_split",
+    "event_time", "event_token", "event_kind", "event_value", "event_visit",
+    "note_time", "note_visit", "sample_patient", "sample_time", "sample_class",
+)  # fmt: skip
+
+
 @dataclass
 class _Collected:
     """Everything gathered in the single pass over patients, before vocabularies are fixed."""
@@ -66,13 +73,6 @@ class _Collected:
             found = self.token_ids[token] = len(self.token_ids)
             self.displays[token] = display
         return found
-
-
-_COLUMNS = (
-    "patient_events", "patient_notes", "patient_birth", "patient_sex", "patient_split",
-    "event_time", "event_token", "event_kind", "event_value", "event_visit",
-    "note_time", "note_visit", "sample_patient", "sample_time", "sample_class",
-)  # fmt: skip
 
 
 def _collect_patient(c: _Collected, timeline: PatientTimeline, split: int) -> None:
@@ -117,12 +117,33 @@ def _csr(rows: list[list[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
     return _offsets([len(r) for r in rows]), np.asarray(flat, dtype=np.int32)
 
 
-def _label_list(c: _Collected, per_sample: list[tuple[str, ...]], train_mask: list[bool], min_count: int
-                ) -> list[dict[str, Any]]:
-    counts: Counter[str] = Counter(t for labels, is_train in zip(per_sample, train_mask, strict=True) if is_train
-                                   for t in labels)
+def _label_list(
+    c: _Collected, per_sample: list[tuple[str, ...]], train_mask: list[bool], min_count: int
+) -> list[dict[str, Any]]:
+    counts: Counter[str] = Counter(
+        t for labels, is_train in zip(per_sample, train_mask, strict=True) if is_train for t in labels
+    )
     kept = sorted((t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t))
     return [{"token": t, "display": c.displays.get(t, t), "train_count": counts[t]} for t in kept]
+
+
+def _tokenize_notes(c: _Collected, out: Path, options: BuildOptions) -> list[list[int]]:
+    """Train SentencePiece on training-split notes only, then encode every note's first pieces."""
+    train_notes = [n for n, s in zip(c.notes, c.note_split, strict=True) if s == 0 and n.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    if not train_notes:
+        log.warning("no training-split notes: the dataset has no note tokenizer and no note pieces")
+        return [[] for _ in c.notes]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = train_note_tokenizer(train_notes, Path(tmp), options.note_vocab_size)
+        (out / model_path.name).write_bytes(model_path.read_bytes())
+    tokenizer = NoteTokenizer(out / model_path.name)
+    return [tokenizer.encode(text, options.max_note_pieces) for text in c.notes]
+
+
+def _note_vocab_size(out: Path) -> int:
+    path = out / NOTE_MODEL_FILE
+    return NoteTokenizer(path).vocab_size if path.is_file() else 0
 
 
 def build_dataset(fhir_dirs: list[Path], out: Path, options: BuildOptions) -> dict[str, Any]:
@@ -157,13 +178,7 @@ def build_dataset(fhir_dirs: list[Path], out: Path, options: BuildOptions) -> di
     dx_index = {x["token"]: i for i, x in enumerate(dx_labels)}
     med_index = {x["token"]: i for i, x in enumerate(med_labels)}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train_notes = (n for n, s in zip(c.notes, c.note_split, strict=True) if s == 0)
-        model_path = train_note_tokenizer(train_notes, Path(tmp), options.note_vocab_size, options.seed)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / model_path.name).write_bytes(model_path.read_bytes())
-    tokenizer = NoteTokenizer(out / model_path.name)
-    note_pieces = [tokenizer.encode(text, options.max_note_pieces) for text in c.notes]
+    note_pieces = _tokenize_notes(c, out, options)
 
     cols = c.columns
     arrays: dict[str, npt.NDArray[Any]] = {
@@ -184,11 +199,14 @@ def build_dataset(fhir_dirs: list[Path], out: Path, options: BuildOptions) -> di
         "sample_class": np.asarray(cols["sample_class"], dtype=np.int8),
     }
     arrays["note_pieces_offsets"], arrays["note_pieces"] = _csr(note_pieces)
-    arrays["note_pieces"] = arrays["note_pieces"].astype(np.int16 if tokenizer.vocab_size < 2**15 else np.int32)
-    arrays["sample_dx_offsets"], arrays["sample_dx"] = _csr([[dx_index[t] for t in s if t in dx_index]
-                                                             for s in c.sample_dx])
-    arrays["sample_med_offsets"], arrays["sample_med"] = _csr([[med_index[t] for t in s if t in med_index]
-                                                               for s in c.sample_med])
+    note_vocab_size = int(arrays["note_pieces"].max()) + 1 if len(arrays["note_pieces"]) else 0
+    arrays["note_pieces"] = arrays["note_pieces"].astype(np.int16 if note_vocab_size < 2**15 else np.int32)
+    arrays["sample_dx_offsets"], arrays["sample_dx"] = _csr(
+        [[dx_index[t] for t in s if t in dx_index] for s in c.sample_dx]
+    )
+    arrays["sample_med_offsets"], arrays["sample_med"] = _csr(
+        [[med_index[t] for t in s if t in med_index] for s in c.sample_med]
+    )
     arrays["sample_known_dx_offsets"], arrays["sample_known_dx"] = _csr(
         [[final.get(t, 1) for t in s] for s in c.sample_known]
     )
@@ -211,7 +229,7 @@ def build_dataset(fhir_dirs: list[Path], out: Path, options: BuildOptions) -> di
         },
         "splits": split_counts,
         "vocab_size": len(vocab_tokens),
-        "note_vocab_size": tokenizer.vocab_size,
+        "note_vocab_size": _note_vocab_size(out),
         "encounter_classes": sorted(c.classes, key=lambda k: c.classes[k]),
         "labels": {"diagnosis": dx_labels, "medication": med_labels},
         "read_report": {"files": report.files, "resources": report.resources, "skipped": dict(report.warnings)},

@@ -57,10 +57,12 @@ class Dataset:
     def rows(self, prefix: str, i: int) -> npt.NDArray[Any]:
         """Row i of a CSR-stored array, e.g. rows("sample_dx", i) -> label ids of sample i."""
         offsets = self.arrays[f"{prefix}_offsets"]
-        return self.arrays[prefix][offsets[i] : offsets[i + 1]]
+        row: npt.NDArray[Any] = self.arrays[prefix][offsets[i] : offsets[i + 1]]
+        return row
 
     def sample_split(self) -> npt.NDArray[Any]:
-        return self.arrays["patient_split"][self.arrays["sample_patient"]]
+        split: npt.NDArray[Any] = self.arrays["patient_split"][self.arrays["sample_patient"]]
+        return split
 
     def label_matrix(self, head: str) -> npt.NDArray[np.float32]:
         """Dense 0/1 matrix (samples x labels) for head "dx" or "med"."""
@@ -73,8 +75,13 @@ class Dataset:
         return matrix
 
 
-def save_dataset(path: Path, manifest: dict[str, Any], vocab: dict[str, Any], value_bins: dict[str, list[float]],
-                 arrays: dict[str, npt.NDArray[Any]]) -> None:
+def save_dataset(
+    path: Path,
+    manifest: dict[str, Any],
+    vocab: dict[str, Any],
+    value_bins: dict[str, list[float]],
+    arrays: dict[str, npt.NDArray[Any]],
+) -> None:
     path.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
     (path / "vocab.json").write_text(json.dumps(vocab))

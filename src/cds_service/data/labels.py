@@ -63,7 +63,9 @@ def encounter_labels(timeline: PatientTimeline) -> list[EncounterLabels]:
         )
         meds = tuple(
             dict.fromkeys(
-                e.token for e in recorded if e.kind is EventKind.MEDICATION and e.source.startswith("MedicationRequest/")
+                e.token
+                for e in recorded
+                if e.kind is EventKind.MEDICATION and e.source.startswith("MedicationRequest/")
             )
         )
         out.append(EncounterLabels(info.id, info.start, info.class_code, new_dx, meds, known))

@@ -23,7 +23,7 @@ def _lines(notes: Iterable[str], max_lines: int) -> Iterator[str]:
                     return
 
 
-def train_note_tokenizer(notes: Iterable[str], out_dir: Path, vocab_size: int = 4000, seed: int = 13) -> Path:
+def train_note_tokenizer(notes: Iterable[str], out_dir: Path, vocab_size: int = 4000) -> Path:
     """Train a unigram model; the vocabulary shrinks on its own when the corpus is small."""
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(

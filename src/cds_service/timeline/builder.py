@@ -58,9 +58,9 @@ def group_by_patient(resources: Iterable[Resource], report: ReadReport) -> dict[
                 shared.append(resource)
             continue
         groups[pid].append(resource)
-    for pid, group in groups.items():
+    for group in groups.values():
         if not any(r.get("resourceType") == "Patient" for r in group):
-            report.warn("no-patient-resource", f"patient {len(groups)}: resources without their Patient")
+            report.warn("no-patient-resource", "resources that reference a Patient absent from the input")
         group.extend(shared)
     return dict(groups)
 
@@ -126,7 +126,9 @@ class TimelineBuilder:
         timeline.sort()
         return timeline
 
-    def _guard(self, handler: Callable[[PatientTimeline, Resource], None], timeline: PatientTimeline, r: Resource) -> None:
+    def _guard(
+        self, handler: Callable[[PatientTimeline, Resource], None], timeline: PatientTimeline, r: Resource
+    ) -> None:
         try:
             handler(timeline, r)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -150,7 +152,9 @@ class TimelineBuilder:
         token, display = coded if coded else (f"ACTCODE/{class_code}", class_code)
         timeline.events.append(Event(start.timestamp(), EventKind.ENCOUNTER, token, display, reference_of(r), eid))
 
-    def _event_time(self, timeline: PatientTimeline, r: Resource, own: datetime | None) -> tuple[float, str | None] | None:
+    def _event_time(
+        self, timeline: PatientTimeline, r: Resource, own: datetime | None
+    ) -> tuple[float, str | None] | None:
         """Event time, never before the start of the encounter it was recorded at (no look-ahead)."""
         eid = ref_id(reference_target(r.get("encounter")) or reference_target(r.get("context")))
         encounter = timeline.encounters.get(eid or "")

@@ -75,7 +75,9 @@ class PatientTimeline:
         This is the single leakage guard: training samples and live requests both go through it.
         """
         keep_events = [
-            e for e in self.events if e.time < cutoff and (exclude_encounter is None or e.encounter != exclude_encounter)
+            e
+            for e in self.events
+            if e.time < cutoff and (exclude_encounter is None or e.encounter != exclude_encounter)
         ]
         keep_notes = [
             n for n in self.notes if n.time < cutoff and (exclude_encounter is None or n.encounter != exclude_encounter)

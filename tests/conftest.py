@@ -1,0 +1,38 @@
+"""Shared fixtures: small cohorts from the real generators, made once per test session."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service.data.synth import synthesize
+
+# A verbatim copy of ../shared/cds-hooks-examples (see its README for provenance and licence).
+SPEC_EXAMPLES = Path(__file__).parent / "fixtures" / "cds-hooks-examples"
+
+
+def load_example(name: str) -> Any:
+    text = (SPEC_EXAMPLES / name).read_text()
+    return json.loads("{" + text + "}") if name.endswith(".fragment.json") else json.loads(text)
+
+
+@pytest.fixture(scope="session")
+def synthea_fhir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthea")
+    return synthesize("synthea", patients=6, seed=7, out=out)
+
+
+@pytest.fixture(scope="session")
+def clinosim_fhir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clinosim")
+    return synthesize("clinosim", patients=20, seed=7, out=out)
+
+
+def bundle_resources(fhir_dir: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    for path in sorted(fhir_dir.glob("*.json")):
+        bundle = json.loads(path.read_text())
+        yield path, [e["resource"] for e in bundle.get("entry", [])]
