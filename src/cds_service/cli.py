@@ -52,6 +52,41 @@ def _data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from cds_service.data.dataset import load_dataset
+    from cds_service.inference.training import TrainOptions, train
+
+    opts = TrainOptions(
+        profile=args.profile,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        use_notes=not args.no_notes,
+    )
+    summary = train(load_dataset(args.data), args.out, opts)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cds_service.data.dataset import load_dataset
+    from cds_service.evaluation.report import evaluate, write_report
+    from cds_service.inference.predictor import Predictor
+
+    codes_only = Predictor(args.codes_only_model) if args.codes_only_model else None
+    report = evaluate(
+        Predictor(args.model),
+        load_dataset(args.train_data),
+        load_dataset(args.test_data),
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        codes_only=codes_only,
+    )
+    write_report(report, args.report)
+    print(f"report written: {args.report} (+ .md, .png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--min-label-count", type=int, default=20)
     build.add_argument("--max-note-pieces", type=int, default=128)
     build.set_defaults(func=_data_build)
+
+    tr = commands.add_parser("train", help="train the transformer on a dataset")
+    tr.add_argument("--data", type=Path, required=True)
+    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--profile", choices=("tiny", "cpu", "gpu"), default="cpu")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--max-minutes", type=float, default=None)
+    tr.add_argument("--seed", type=int, default=get_settings().seed)
+    tr.add_argument("--no-notes", action="store_true", help="codes only (the notes ablation)")
+    tr.set_defaults(func=_train)
+
+    ev = commands.add_parser("evaluate", help="score model and baselines on a test split")
+    ev.add_argument("--model", type=Path, required=True)
+    ev.add_argument("--train-data", type=Path, required=True, help="baselines train on its train split")
+    ev.add_argument("--test-data", type=Path, required=True, help="everything is scored on its test split")
+    ev.add_argument("--report", type=Path, required=True)
+    ev.add_argument("--codes-only-model", type=Path, default=None, help="a model trained with --no-notes")
+    ev.add_argument("--bootstrap", type=int, default=200)
+    ev.add_argument("--seed", type=int, default=get_settings().seed)
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,26 @@ class Dataset:
     @property
     def medication_labels(self) -> list[str]:
         return [str(x["token"]) for x in self.manifest["labels"]["medication"]]
+
+    @cached_property
+    def token_bins(self) -> list[list[float] | None]:
+        """Quantile edges of numeric values per token id (None for tokens without values)."""
+        return [self.value_bins.get(t) for t in self.vocab]
+
+    @cached_property
+    def event_value_bins(self) -> npt.NDArray[np.int64]:
+        """Per event: 0 without a value, else 1 + the quantile bin of its value among its code's values."""
+        tokens, values = self.arrays["event_token"], self.arrays["event_value"]
+        out = np.zeros(len(tokens), dtype=np.int64)
+        order = np.argsort(tokens, kind="stable")
+        bounds = np.flatnonzero(np.diff(tokens[order])) + 1
+        for group in np.split(order, bounds):
+            edges = self.token_bins[int(tokens[group[0]])] if len(group) else None
+            if edges is not None:
+                vals = values[group]
+                has = ~np.isnan(vals)
+                out[group[has]] = 1 + np.searchsorted(np.asarray(edges), vals[has], side="right")
+        return out
 
     def rows(self, prefix: str, i: int) -> npt.NDArray[Any]:
         """Row i of a CSR-stored array, e.g. rows("sample_dx", i) -> label ids of sample i."""

@@ -1,0 +1,118 @@
+"""The model: a from-scratch `transformers.BertModel` encoder over history and notes, with two heads.
+
+Encoder (shared) -> [CLS] state -> diagnosis head; [CLS] state + mean embedding of the encounter's
+known diagnoses -> medication head (the order hooks know the encounter's diagnoses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from cds_service.inference.featurize import MAX_AGE, MAX_VISITS, N_TIME_BUCKETS
+
+
+@dataclass(frozen=True)
+class Profile:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_len: int
+    note_tokens: int
+    dropout: float = 0.1
+
+
+PROFILES = {
+    "tiny": Profile(hidden=32, layers=1, heads=2, intermediate=64, max_len=128, note_tokens=16),
+    "cpu": Profile(hidden=128, layers=2, heads=4, intermediate=256, max_len=512, note_tokens=64),
+    "gpu": Profile(hidden=256, layers=4, heads=8, intermediate=1024, max_len=1024, note_tokens=128),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    profile: str
+    vocab_size: int  # the whole TokenSpace: codes, value bins, note pieces
+    n_codes: int
+    n_note_pieces: int
+    n_diagnoses: int
+    n_medications: int
+    n_kinds: int = 9
+
+    @property
+    def sizes(self) -> Profile:
+        return PROFILES[self.profile]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelOutput:
+    dx_logits: torch.Tensor  # (batch, n_diagnoses)
+    med_logits: torch.Tensor  # (batch, n_medications)
+    inputs_embeds: torch.Tensor  # (batch, seq, hidden): what attributions differentiate against
+
+
+class HistoryEncoderModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        p = config.sizes
+        bert_config = BertConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=p.hidden,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            intermediate_size=p.intermediate,
+            max_position_embeddings=p.max_len,
+            type_vocab_size=config.n_kinds,
+            hidden_dropout_prob=p.dropout,
+            attention_probs_dropout_prob=p.dropout,
+        )
+        self.encoder = BertModel(bert_config, add_pooling_layer=False)
+        self.age = nn.Embedding(MAX_AGE + 2, p.hidden)
+        self.time = nn.Embedding(N_TIME_BUCKETS, p.hidden)
+        self.visit = nn.Embedding(MAX_VISITS + 1, p.hidden)
+        self.dx_head = nn.Linear(p.hidden, config.n_diagnoses)
+        self.med_head = nn.Sequential(nn.Linear(2 * p.hidden, p.hidden), nn.GELU(), nn.Linear(p.hidden, config.n_medications))
+
+    @property
+    def token_embeddings(self) -> nn.Embedding:
+        emb = self.encoder.embeddings.word_embeddings
+        assert isinstance(emb, nn.Embedding)
+        return emb
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed input embeddings (batch, seq, hidden), before position/type embeddings that BERT adds."""
+        words = self.token_embeddings
+        values = words(batch["value_ids"]) * (batch["value_ids"] > 0).unsqueeze(-1)
+        return (
+            words(batch["input_ids"])
+            + values
+            + self.age(batch["age_ids"])
+            + self.time(batch["time_ids"])
+            + self.visit(batch["visit_ids"])
+        )
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], known_dx: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> ModelOutput:
+        """`known_dx`: (batch, k) code ids of the encounter's known diagnoses, 0-padded."""
+        embeds = self.embed(batch) if inputs_embeds is None else inputs_embeds
+        hidden = self.encoder(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        ).last_hidden_state
+        cls = hidden[:, 0]  # (batch, hidden)
+        mask = (known_dx > 0).unsqueeze(-1).float()
+        known = (self.token_embeddings(known_dx) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return ModelOutput(self.dx_head(cls), self.med_head(torch.cat([cls, known], dim=-1)), embeds)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

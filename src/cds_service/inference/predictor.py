@@ -1,0 +1,87 @@
+"""A trained model loaded from its directory, scoring dataset samples or live timelines with calibration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from safetensors.torch import load_file
+
+from cds_service.data.dataset import Dataset
+from cds_service.data.note_tokenizer import NOTE_MODEL_FILE
+from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset
+from cds_service.inference.modeling import HistoryEncoderModel, ModelConfig, pick_device
+from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid
+
+log = logging.getLogger(__name__)
+
+
+def _file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+@dataclass
+class Scores:
+    diagnosis: npt.NDArray[np.float32]  # calibrated probabilities (samples x labels)
+    medication: npt.NDArray[np.float32]
+
+
+class Predictor:
+    def __init__(self, model_dir: Path, device: torch.device | None = None) -> None:
+        self.model_dir = model_dir
+        config = json.loads((model_dir / "config.json").read_text())
+        self.model_config = ModelConfig(**config["model"])
+        self.encode_config = EncodeConfig(**config["encode"])
+        self.vocab: list[str] = json.loads((model_dir / "vocab.json").read_text())["tokens"]
+        self.labels: dict[str, list[dict[str, Any]]] = json.loads((model_dir / "labels.json").read_text())
+        self.calibration: dict[str, Any] = json.loads((model_dir / "calibration.json").read_text())
+        self.space = TokenSpace(self.model_config.n_codes, self.model_config.n_note_pieces)
+        self.device = device or pick_device()
+        self.model = HistoryEncoderModel(self.model_config)
+        self.model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+        self.model.to(self.device).eval()
+        self.version = f"{model_dir.name}@{_file_digest(model_dir / 'model.safetensors')!s:.12}"
+
+    def _calibrated(self, dx: npt.NDArray[np.float32], med: npt.NDArray[np.float32]) -> Scores:
+        t = self.calibration["temperature"]
+        return Scores(sigmoid(dx / t["diagnosis"]), sigmoid(med / t["medication"]))
+
+    def score_dataset(self, ds: Dataset, samples: npt.NDArray[Any], use_notes: bool = True) -> Scores:
+        """Scores for dataset samples; the dataset's code and label ids are mapped onto the model's by token."""
+        index = {t: i for i, t in enumerate(self.vocab)}
+        code_map = np.asarray([index.get(t, 1) for t in ds.vocab], dtype=np.int64)
+        same_notes = _file_digest(ds.path / NOTE_MODEL_FILE) == _file_digest(self.model_dir / NOTE_MODEL_FILE)
+        if use_notes and not same_notes:
+            log.warning("dataset notes were tokenised by another SentencePiece model: scoring without notes")
+        cfg = EncodeConfig(
+            self.encode_config.max_len,
+            self.encode_config.note_tokens if use_notes and same_notes else 0,
+            self.encode_config.max_notes,
+        )
+        encoded = []
+        for i in samples:
+            h = history_from_dataset(ds, int(i))
+            h.event_token = code_map[h.event_token]
+            encoded.append(encode(h, self.space, cfg)[0])
+        known = code_map[known_dx_matrix(ds, samples)] * (known_dx_matrix(ds, samples) > 0)
+        dx, med = predict_logits(self.model, encoded, known)
+        return self._calibrated(dx, med)
+
+
+def align_labels(
+    y: npt.NDArray[np.float32], ds_labels: list[str], model_labels: list[str]
+) -> npt.NDArray[np.float32]:
+    """Re-index a dataset's label matrix to the model's label order (labels the dataset lacks are all 0)."""
+    out = np.zeros((len(y), len(model_labels)), dtype=np.float32)
+    index = {t: j for j, t in enumerate(ds_labels)}
+    for k, token in enumerate(model_labels):
+        if token in index:
+            out[:, k] = y[:, index[token]]
+    return out
