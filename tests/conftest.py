@@ -36,3 +36,12 @@ def bundle_resources(fhir_dir: Path) -> Iterator[tuple[Path, list[dict[str, Any]
     for path in sorted(fhir_dir.glob("*.json")):
         bundle = json.loads(path.read_text())
         yield path, [e["resource"] for e in bundle.get("entry", [])]
+
+
+@pytest.fixture(scope="session")
+def synthea_dataset(synthea_fhir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cds_service.data.build import BuildOptions, build_dataset
+
+    out = tmp_path_factory.mktemp("synthea-ds") / "ds"
+    build_dataset([synthea_fhir], out, BuildOptions(min_label_count=1, min_token_count=1, note_vocab_size=500))
+    return out

@@ -62,6 +62,8 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
         use_notes=not args.no_notes,
+        unlabelled_fraction=args.unlabelled_fraction,
+        max_val_samples=args.max_val_samples,
     )
     summary = train(load_dataset(args.data), args.out, opts)
     print(json.dumps(summary, indent=2))
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=float, default=None)
     tr.add_argument("--seed", type=int, default=get_settings().seed)
     tr.add_argument("--no-notes", action="store_true", help="codes only (the notes ablation)")
+    tr.add_argument("--unlabelled-fraction", type=float, default=1.0, help="share of label-free samples kept")
+    tr.add_argument("--max-val-samples", type=int, default=None, help="validation subset for speed")
     tr.set_defaults(func=_train)
 
     ev = commands.add_parser("evaluate", help="score model and baselines on a test split")

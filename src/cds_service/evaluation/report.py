@@ -56,6 +56,15 @@ def _bootstrap(
     return draws
 
 
+def _paired(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Transformer minus baseline on the same bootstrap draws: mean and 95% CI per metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for k in ours[0]:
+        diffs = [a[k] - b[k] for a, b in zip(ours, theirs, strict=True)]
+        out[k] = {"mean": float(np.nanmean(diffs)), "ci95": _ci(diffs)}
+    return out
+
+
 def _ci(values: list[float]) -> list[float]:
     v = np.asarray([x for x in values if x == x])
     return [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] if len(v) else [float("nan")] * 2
@@ -107,8 +116,8 @@ def evaluate(
         "test_dataset": str(test_ds.path),
         "train_dataset": str(train_ds.path),
         "model_version": predictor.version,
-        "test_samples": int(len(test_idx)),
-        "test_patients": int(len(np.unique(patients))),
+        "test_samples": len(test_idx),
+        "test_patients": len(np.unique(patients)),
         "bootstrap_resamples": n_boot,
         "note": "diagnosis labels are new-onset disorders only (see README: Labels)",
     }
@@ -127,22 +136,13 @@ def evaluate(
             th = thresholds[system]
             head_report[system] = _metrics(head, y, p, th, ddi)
 
-            def fn(rows: Array, p: Array = p, th: Array = th) -> dict[str, float]:
+            def fn(rows: Array, p: Array = p, th: Array = th, y: Array = y, head: str = head) -> dict[str, float]:
                 full = _metrics(head, y[rows], p[rows], th, ddi)
                 return {k: full[k] for k in BOOTSTRAP_METRICS if k in full}
 
             draws[system] = _bootstrap(patients, fn, n_boot, seed)
             head_report[system]["ci95"] = {k: _ci([d[k] for d in draws[system]]) for k in draws[system][0]}
-        head_report["paired_difference"] = {
-            base: {
-                k: {
-                    "mean": float(np.nanmean([a[k] - b[k] for a, b in zip(draws["transformer"], draws[base], strict=True)])),
-                    "ci95": _ci([a[k] - b[k] for a, b in zip(draws["transformer"], draws[base], strict=True)]),
-                }
-                for k in draws["transformer"][0]
-            }
-            for base in BASELINES
-        }
+        head_report["paired_difference"] = {base: _paired(draws["transformer"], draws[base]) for base in BASELINES}
         report[head] = head_report
     return report
 

@@ -80,25 +80,26 @@ class HistoryEncoderModel(nn.Module):
         self.time = nn.Embedding(N_TIME_BUCKETS, p.hidden)
         self.visit = nn.Embedding(MAX_VISITS + 1, p.hidden)
         self.dx_head = nn.Linear(p.hidden, config.n_diagnoses)
-        self.med_head = nn.Sequential(nn.Linear(2 * p.hidden, p.hidden), nn.GELU(), nn.Linear(p.hidden, config.n_medications))
+        self.med_head = nn.Sequential(
+            nn.Linear(2 * p.hidden, p.hidden), nn.GELU(), nn.Linear(p.hidden, config.n_medications)
+        )
 
     @property
     def token_embeddings(self) -> nn.Embedding:
-        emb = self.encoder.embeddings.word_embeddings
-        assert isinstance(emb, nn.Embedding)
-        return emb
+        return self.encoder.embeddings.word_embeddings
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed input embeddings (batch, seq, hidden), before position/type embeddings that BERT adds."""
         words = self.token_embeddings
         values = words(batch["value_ids"]) * (batch["value_ids"] > 0).unsqueeze(-1)
-        return (
+        summed: torch.Tensor = (
             words(batch["input_ids"])
             + values
             + self.age(batch["age_ids"])
             + self.time(batch["time_ids"])
             + self.visit(batch["visit_ids"])
         )
+        return summed
 
     def forward(
         self, batch: dict[str, torch.Tensor], known_dx: torch.Tensor, inputs_embeds: torch.Tensor | None = None

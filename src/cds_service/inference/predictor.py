@@ -75,9 +75,7 @@ class Predictor:
         return self._calibrated(dx, med)
 
 
-def align_labels(
-    y: npt.NDArray[np.float32], ds_labels: list[str], model_labels: list[str]
-) -> npt.NDArray[np.float32]:
+def align_labels(y: npt.NDArray[np.float32], ds_labels: list[str], model_labels: list[str]) -> npt.NDArray[np.float32]:
     """Re-index a dataset's label matrix to the model's label order (labels the dataset lacks are all 0)."""
     out = np.zeros((len(y), len(model_labels)), dtype=np.float32)
     index = {t: j for j, t in enumerate(ds_labels)}

@@ -42,6 +42,8 @@ class TrainOptions:
     seed: int = 13
     ddi_penalty: float = 1.0
     use_notes: bool = True
+    unlabelled_fraction: float = 1.0  # share of training samples without any label to keep (speed)
+    max_val_samples: int | None = None  # random subset for early stopping and calibration (speed)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,10 +106,10 @@ def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.float32])
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = nn.functional.binary_cross_entropy_with_logits(z / log_t.exp(), t)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    opt.step(closure)
+    opt.step(closure)  # type: ignore[no-untyped-call]
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
@@ -140,6 +142,18 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     enc_cfg = EncodeConfig(max_len=sizes.max_len, note_tokens=sizes.note_tokens if opts.use_notes else 0)
     split = ds.sample_split()
     train_idx, val_idx = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
+    if not len(train_idx):
+        raise ValueError(f"{ds.path} has no training-split samples")
+    if not len(val_idx):
+        log.warning("no validation samples: early stopping and calibration fall back to the training split")
+        val_idx = train_idx
+    pick = np.random.default_rng(opts.seed)
+    if opts.unlabelled_fraction < 1.0:
+        labelled = (ds.label_matrix("dx")[train_idx].sum(1) + ds.label_matrix("med")[train_idx].sum(1)) > 0
+        keep = labelled | (pick.random(len(train_idx)) < opts.unlabelled_fraction)
+        train_idx = train_idx[keep]
+    if opts.max_val_samples is not None and len(val_idx) > opts.max_val_samples:
+        val_idx = np.sort(pick.choice(val_idx, opts.max_val_samples, replace=False))
     y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
     log.info("encoding %d train and %d validation samples", len(train_idx), len(val_idx))
     enc_train, enc_val = encode_samples(ds, train_idx, enc_cfg), encode_samples(ds, val_idx, enc_cfg)

@@ -1,0 +1,56 @@
+"""Evaluation metrics against values computed by hand on small cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cds_service.evaluation.metrics import (
+    brier,
+    ddi_rate,
+    ece,
+    f1_samples,
+    jaccard,
+    macro_auprc,
+    macro_auroc,
+    micro_auroc,
+    recall_at_k,
+)
+
+Y = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 0]], dtype=np.float32)
+S = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.3], [0.2, 0.1, 0.1], [0.6, 0.3, 0.5]], dtype=np.float32)
+
+
+def test_recall_at_k_by_hand() -> None:
+    # row 0: top1 = label0 (pos) -> 1/1; row 1: top1 = label1 (pos) -> 1; row 3: top1 = label0 (pos) -> 1
+    assert recall_at_k(Y, S, 1) == pytest.approx(1.0)
+    # row 0: top2 = {0, 2} -> 2/2; row 1: {1, 2} -> 1/1; row 3: {0, 2} -> 1/2   => mean 5/6
+    assert recall_at_k(Y, S, 2) == pytest.approx(5 / 6)
+
+
+def test_auc_by_hand() -> None:
+    # label 0: positives {0.9, 0.6} all above negatives {0.1, 0.2} -> AUROC 1, AP 1
+    # label 1: positives {0.8, 0.3}, negatives {0.2, 0.1} -> AUROC 1
+    # label 2: positive {0.4}; negatives {0.3, 0.1, 0.5} -> AUROC 2/3, AP = 1/2
+    assert macro_auroc(Y, S) == pytest.approx((1 + 1 + 2 / 3) / 3)
+    assert macro_auprc(Y, S) == pytest.approx((1 + 1 + 0.5) / 3)
+    assert 0.5 < micro_auroc(Y, S) <= 1.0
+
+
+def test_set_metrics_by_hand() -> None:
+    pred = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=np.float32)
+    # jaccard: 1/2, 1/2, empty-vs-empty = 1, 1/2  => 5/8
+    assert jaccard(Y, pred) == pytest.approx(5 / 8)
+    # F1: 2*1/3, 2*1/3, 1, 2*1/3 => (2/3*3 + 1)/4 = 3/4
+    assert f1_samples(Y, pred) == pytest.approx(3 / 4)
+    interacting = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=np.float32)
+    # only row 1 recommends a pair: (1, 2), which interacts -> 1 of 1
+    assert ddi_rate(pred, interacting) == pytest.approx(1.0)
+
+
+def test_calibration_by_hand() -> None:
+    y = np.array([[1], [0], [1], [0]], dtype=np.float32)
+    s = np.array([[0.75], [0.75], [0.25], [0.25]], dtype=np.float32)
+    # two bins, each mean prediction off its event rate (0.5) by 0.25
+    assert ece(y, s) == pytest.approx(0.25)
+    assert brier(y, s) == pytest.approx((0.0625 + 0.5625 + 0.5625 + 0.0625) / 4)
