@@ -81,16 +81,15 @@ def time_bucket(seconds_before: npt.NDArray[np.float64]) -> npt.NDArray[np.int64
 
 def collapse_repeated_labs(h: History, start: int = 0) -> npt.NDArray[np.bool_]:
     """Keep-mask over events[start:]: for observations, only the latest event per (visit, token)."""
-    keep = np.ones(len(h.event_time) - start, dtype=bool)
-    seen: set[tuple[int, int]] = set()
-    for i in range(len(h.event_time) - 1, start - 1, -1):
-        if h.event_kind[i] != EventKind.OBSERVATION:
-            continue
-        key = (int(h.event_visit[i]), int(h.event_token[i]))
-        if key in seen:
-            keep[i - start] = False
-        seen.add(key)
-    return keep
+    kinds = h.event_kind[start:]
+    keep = kinds != EventKind.OBSERVATION
+    obs = np.flatnonzero(~keep)[::-1]  # newest first, so np.unique's first index is the latest event
+    if len(obs):
+        keys = (h.event_visit[start:][obs] + 1) * (1 << 32) + h.event_token[start:][obs]
+        _, first = np.unique(keys, return_index=True)
+        keep[obs[first]] = True
+    mask: npt.NDArray[np.bool_] = keep
+    return mask
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,10 @@ def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
+def _out_of_time(started: float, opts: TrainOptions) -> bool:
+    return opts.max_minutes is not None and (time.monotonic() - started) / 60 > opts.max_minutes
+
+
 def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     seed_everything(opts.seed)
     device = pick_device()
@@ -182,6 +186,8 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
         order = rng.permutation(len(train_idx))
         total = 0.0
         for start in tqdm(range(0, len(order), opts.batch_size), desc=f"epoch {epoch + 1}", leave=False):
+            if _out_of_time(started, opts):
+                break  # the budget ends mid-epoch: validate what we have
             rows = order[start : start + opts.batch_size]
             batch = to_tensors(pad_batch([enc_train[i] for i in rows]), device)
             known = torch.from_numpy(known_train[rows]).to(device)
@@ -207,8 +213,7 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        out_of_time = opts.max_minutes is not None and (time.monotonic() - started) / 60 > opts.max_minutes
-        if stale >= opts.patience or out_of_time:
+        if stale >= opts.patience or _out_of_time(started, opts):
             break
     if best_state is not None:
         model.load_state_dict(best_state)
