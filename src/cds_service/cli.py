@@ -83,6 +83,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         n_boot=args.bootstrap,
         seed=args.seed,
         codes_only=codes_only,
+        max_train_samples=args.max_train_samples,
+        max_test_samples=args.max_test_samples,
     )
     write_report(report, args.report)
     print(f"report written: {args.report} (+ .md, .png)")
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", type=Path, required=True)
     ev.add_argument("--codes-only-model", type=Path, default=None, help="a model trained with --no-notes")
     ev.add_argument("--bootstrap", type=int, default=200)
+    ev.add_argument("--max-train-samples", type=int, default=None, help="random subset for baseline training")
+    ev.add_argument("--max-test-samples", type=int, default=None, help="random subset of the test split")
     ev.add_argument("--seed", type=int, default=get_settings().seed)
     ev.set_defaults(func=_evaluate)
     return parser

@@ -77,9 +77,13 @@ def evaluate(
     n_boot: int = 200,
     seed: int = 13,
     codes_only: Predictor | None = None,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
 ) -> dict[str, Any]:
-    train_idx = np.flatnonzero(train_ds.sample_split() == 0)
-    test_idx = np.flatnonzero(test_ds.sample_split() == 2)
+    """`max_*_samples` draw a seeded random subset of samples (for speed); the report records the sizes."""
+    rng = np.random.default_rng(seed)
+    train_idx = _subset(np.flatnonzero(train_ds.sample_split() == 0), max_train_samples, rng)
+    test_idx = _subset(np.flatnonzero(test_ds.sample_split() == 2), max_test_samples, rng)
     if not len(test_idx):
         raise ValueError(f"{test_ds.path} has no test-split samples")
     heads = {"diagnosis": "dx", "medication": "med"}
@@ -145,6 +149,10 @@ def evaluate(
         head_report["paired_difference"] = {base: _paired(draws["transformer"], draws[base]) for base in BASELINES}
         report[head] = head_report
     return report
+
+
+def _subset(rows: Array, limit: int | None, rng: np.random.Generator) -> Array:
+    return rows if limit is None or len(rows) <= limit else np.sort(rng.choice(rows, limit, replace=False))
 
 
 def _rate_thresholds(p_train: Array, y_train: Array) -> Array:
