@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -40,11 +41,19 @@ def fhir_output_dir(generator: Generator, out: Path) -> Path:
     return out / ("fhir" if generator == "synthea" else "fhir_r4")
 
 
+def find_executable(name: str) -> str | None:
+    """The generator's console script: beside this interpreter first (a venv that is not activated), then PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 def synthesize(generator: Generator, patients: int, seed: int, out: Path, threads: int = 2) -> Path:
     """Run a generator (its own progress bar shows on the terminal); returns the FHIR directory."""
     command = synth_command(generator, patients, seed, out, threads)
-    if shutil.which(command[0]) is None:
+    executable = find_executable(command[0])
+    if executable is None:
         raise GeneratorMissing(f"{command[0]} is not installed: pip install 'cds-service[data]'")
+    command[0] = executable
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(command, check=True)
     fhir_dir = fhir_output_dir(generator, out)
