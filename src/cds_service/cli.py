@@ -91,6 +91,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cds_service.api.app import create_app
+    from cds_service.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.dev:
+        overrides["dev_mode"] = True
+    if args.model is not None:
+        overrides["model_dir"] = args.model
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.auth_enabled and not (settings.jwt_issuers or settings.jwt_jwks):
+        print(
+            "error: JWT verification is on but no issuer is allow-listed: set CDS_JWT_ISSUERS (or CDS_JWT_JWKS), "
+            "or run with --dev for local development (auth off)",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-test-samples", type=int, default=None, help="random subset of the test split")
     ev.add_argument("--seed", type=int, default=get_settings().seed)
     ev.set_defaults(func=_evaluate)
+
+    serve = commands.add_parser("serve", help="serve the CDS Hooks endpoints (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dev", action="store_true", help="development mode: JWT verification OFF")
+    serve.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
+    serve.set_defaults(func=_serve)
     return parser
 
 

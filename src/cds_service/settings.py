@@ -1,12 +1,19 @@
-"""All configuration in one place, read from `CDS_*` environment variables (or a `.env` file)."""
+"""All configuration in one place, read from `CDS_*` environment variables (or a `.env` file).
+
+Production is the default: JWT verification is on unless `CDS_DEV_MODE=true` (or `serve --dev`), and a
+production configuration that could not verify any client is refused at start-up.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "synthea-cpu-interim"
 
 
 class Settings(BaseSettings):
@@ -16,6 +23,52 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Model artifacts; default: the shipped model in models/.")
     log_level: str = Field("INFO", description="Python logging level.")
     seed: int = Field(13, description="Default seed for data splits and training.")
+
+    # service
+    public_url: str = Field("http://localhost:8000", description="Base URL EHRs call (JWT `aud`, card links).")
+    dev_mode: bool = Field(False, description="Embedded development mode: JWT verification off (loudly).")
+    deadline_ms: int = Field(450, description="Per-request time budget; cards not ready by then are dropped.")
+    fhir_timeout_ms: int = Field(300, description="Budget for fetching missing data from the EHR's FHIR server.")
+    max_body_bytes: int = Field(20_000_000, description="Larger request bodies are refused with 413.")
+    max_cards: int = Field(3, description="Most model cards per response (safety cards are never capped).")
+    min_card_probability: float = Field(0.2, description="Model suggestions below this are never shown.")
+    torch_threads: int | None = Field(None, description="Threads for in-process inference (default: torch's).")
+    cors_origins: list[str] = Field(["*"], description="Browser origins allowed to call the service.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+
+    # trust
+    jwt_issuers: dict[str, str] = Field(
+        default_factory=dict, description='Allow-listed issuers: {"iss": "JWKS URL"} (JSON).'
+    )
+    jwt_jwks: dict[str, dict[str, object]] = Field(
+        default_factory=dict, description='Configured JWKS per issuer: {"iss": {"keys": [...]}} (JSON).'
+    )
+    jwt_algorithms: list[str] = Field(["RS384", "ES384"], description="Accepted JWS algorithms (asymmetric only).")
+    jwt_leeway_s: int = Field(60, description="Clock-skew leeway for exp/nbf/iat.")
+    redis_url: str | None = Field(None, description="Redis for the JWT replay cache (and, later, the queue).")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.dev_mode
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or REPO_MODELS / DEFAULT_MODEL
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'cds.sqlite3').resolve()}"
+
+    @property
+    def model_card_url(self) -> str:
+        return f"{self.public_url.rstrip('/')}/model-card"
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        bad = [a for a in self.jwt_algorithms if not a.startswith(("RS", "ES", "PS"))]
+        if bad:
+            raise ValueError(f"jwt_algorithms: only asymmetric algorithms are allowed, not {bad}")
+        return self
 
 
 @lru_cache(maxsize=1)

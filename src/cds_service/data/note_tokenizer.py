@@ -58,3 +58,6 @@ class NoteTokenizer:
 
     def piece(self, piece_id: int) -> str:
         return str(self._sp.id_to_piece(piece_id))
+
+    def decode(self, piece_ids: list[int]) -> str:
+        return str(self._sp.decode([int(i) for i in piece_ids]))

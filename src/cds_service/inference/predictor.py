@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from cds_service.data.dataset import Dataset
-from cds_service.data.note_tokenizer import NOTE_MODEL_FILE
+from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer
 from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset
+from cds_service.inference.live import LiveFeaturizer
 from cds_service.inference.modeling import HistoryEncoderModel, ModelConfig, pick_device
 from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid
 
@@ -43,11 +44,23 @@ class Predictor:
         self.labels: dict[str, list[dict[str, Any]]] = json.loads((model_dir / "labels.json").read_text())
         self.calibration: dict[str, Any] = json.loads((model_dir / "calibration.json").read_text())
         self.space = TokenSpace(self.model_config.n_codes, self.model_config.n_note_pieces)
+        bins_path = model_dir / "value_bins.json"
+        value_bins = json.loads(bins_path.read_text()) if bins_path.is_file() else {}
+        notes_path = model_dir / NOTE_MODEL_FILE
+        self.note_tokenizer = NoteTokenizer(notes_path) if notes_path.is_file() else None
+        self.featurizer = LiveFeaturizer(self.vocab, value_bins, self.note_tokenizer)
         self.device = device or pick_device()
         self.model = HistoryEncoderModel(self.model_config)
         self.model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
         self.model.to(self.device).eval()
         self.version = f"{model_dir.name}@{_file_digest(model_dir / 'model.safetensors')!s:.12}"
+
+    @property
+    def thresholds(self) -> dict[str, list[float]]:
+        return dict(self.calibration["thresholds"])
+
+    def calibrate(self, head: str, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits / float(self.calibration["temperature"][head]))
 
     def _calibrated(self, dx: npt.NDArray[np.float32], med: npt.NDArray[np.float32]) -> Scores:
         t = self.calibration["temperature"]

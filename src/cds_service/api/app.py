@@ -1,0 +1,284 @@
+"""The HTTP layer: thin routes over the service registry, the dispatcher, auth and storage.
+
+Status codes, in one place: 400 malformed request (the message names the field), 401 JWT rejected
+(bare), 404 unknown service, 412 required data unavailable (OperationOutcome), 413 body too large.
+Anything unexpected while answering a hook degrades to `{"cards": []}`, never a 5xx to the EHR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from cds_service.api.auth import JwtVerifier, ReplayCache
+from cds_service.api.limits import BodySizeLimit
+from cds_service.errors import AuthError, PrefetchUnavailable
+from cds_service.hooks.dispatch import ContextError, HookAnswer, HookDispatcher
+from cds_service.hooks.models import CdsResponse, Discovery, FeedbackItem, FeedbackRequest, HookRequest, dump
+from cds_service.hooks.services import SERVICES, ServiceSpec, discovery
+from cds_service.inference.backend import InferenceBackend, InProcessBackend
+from cds_service.inference.jobs import ScoringJob
+from cds_service.metrics import CARDS_RETURNED, FEEDBACK, HOOK_ERRORS, REQUEST_LATENCY
+from cds_service.settings import Settings, get_settings
+from cds_service.storage.db import Store, make_engine, migrate
+
+log = logging.getLogger("cds_service.api")
+
+
+class AppState:
+    """Everything loaded once at start-up."""
+
+    def __init__(self, settings: Settings, backend: InferenceBackend | None, store: Store, http: httpx.AsyncClient,
+                 verifier: JwtVerifier, replay: ReplayCache) -> None:  # fmt: skip
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.http = http
+        self.verifier = verifier
+        self.replay = replay
+        self.dispatcher = HookDispatcher(settings, backend, http)
+
+
+def _state(request: Request) -> AppState:
+    cds: AppState = request.app.state.cds
+    return cds
+
+
+State = Annotated[AppState, Depends(_state)]
+
+
+def load_backend(settings: Settings) -> InferenceBackend | None:
+    model_dir = settings.resolved_model_dir
+    if not (model_dir / "model.safetensors").is_file():
+        log.error("no model at %s: services answer with safety cards only", model_dir)
+        return None
+    backend = InProcessBackend.load(model_dir, settings.torch_threads)
+    started = time.perf_counter()
+    warm = ScoringJob("diagnosis", "warm-up", [{"resourceType": "Patient", "id": "warm-up"}], time.time())
+    backend.warm_up(warm)
+    log.info("model %s loaded and warmed in %.0f ms", backend.model_version, (time.perf_counter() - started) * 1e3)
+    return backend
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _operation_outcome(status: int, code: str, message: str) -> JSONResponse:
+    outcome = {"resourceType": "OperationOutcome",
+               "issue": [{"severity": "error", "code": code, "diagnostics": message}]}  # fmt: skip
+    return JSONResponse(outcome, status_code=status, media_type="application/fhir+json")
+
+
+def _field_message(exc: ValidationError | RequestValidationError) -> str:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    return f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
+
+
+def create_app(settings: Settings | None = None, backend: InferenceBackend | str | None = "load") -> FastAPI:
+    """`backend="load"` loads the configured model at start-up; pass a backend or None to inject one."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        await run_in_threadpool(migrate, engine)
+        chosen = load_backend(settings) if backend == "load" else backend
+        http = httpx.AsyncClient(follow_redirects=False)
+        replay = ReplayCache(settings.redis_url)
+        verifier = JwtVerifier(settings, http, replay)
+        app.state.cds = AppState(settings, chosen if not isinstance(chosen, str) else None, Store(engine), http,
+                                 verifier, replay)  # fmt: skip
+        if not settings.auth_enabled:
+            log.warning("!!! DEVELOPMENT MODE: CDS client JWTs are NOT verified. Never expose this to an EHR. !!!")
+        yield
+        if app.state.cds.backend is not None:
+            app.state.cds.backend.close()
+        await http.aclose()
+        await replay.close()
+        engine.dispose()
+
+    app = FastAPI(
+        title="cds-service",
+        version="0.1.0",
+        summary="CDS Hooks 2.0 services: diagnosis suggestions and treatment recommendations with evidence.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(400, _field_message(exc))
+
+    async def authorize(request: Request, cds: AppState, service_id: str) -> None:
+        if not cds.settings.auth_enabled:
+            return
+        base = cds.settings.public_url.rstrip("/")
+        audiences = [f"{base}/cds-services/{service_id}", f"{base}{request.url.path}"]
+        await cds.verifier.verify(request.headers.get("authorization"), audiences)
+
+    @app.get("/cds-services", response_model=Discovery, response_model_exclude_none=True, tags=["CDS Hooks"])
+    async def discover() -> dict[str, Any]:
+        return dump(discovery())
+
+    @app.post(
+        "/cds-services/{service_id}",
+        response_model=CdsResponse,
+        response_model_exclude_none=True,
+        tags=["CDS Hooks"],
+        responses={
+            400: {"description": "Malformed request"},
+            401: {"description": "JWT rejected"},
+            404: {"description": "Unknown service"},
+            412: {"description": "Required data unavailable"},
+            413: {"description": "Body too large"},
+        },
+    )
+    async def call_service(service_id: str, payload: HookRequest, request: Request, cds: State) -> Response:
+        started = time.perf_counter()
+        service = SERVICES.get(service_id)
+        if service is None:
+            return _problem(404, f"no CDS service named {service_id!r}")
+        try:
+            await authorize(request, cds, service_id)
+        except AuthError:
+            HOOK_ERRORS.labels(service=service.id, status="401").inc()
+            return Response(status_code=401)
+        if payload.hook != service.hook:
+            HOOK_ERRORS.labels(service=service.id, status="400").inc()
+            return _problem(400, f"hook: service {service.id!r} answers {service.hook!r}, not {payload.hook!r}")
+        status, body, answer = await _answer(cds, service, payload)
+        elapsed = time.perf_counter() - started
+        REQUEST_LATENCY.labels(service=service.id, hook=payload.hook).observe(elapsed)
+        await _audit(cds, service, payload, status, answer)
+        log.info("%s %s hookInstance=%s status=%d cards=%d outcome=%s %.0f ms", service.id, payload.hook,
+                 payload.hookInstance, status, len(answer.cards), answer.outcome, elapsed * 1e3)  # fmt: skip
+        return body
+
+    async def _answer(cds: AppState, service: ServiceSpec, payload: HookRequest) -> tuple[int, Response, HookAnswer]:
+        try:
+            answer = await cds.dispatcher.handle(service, payload)
+        except ContextError as exc:
+            HOOK_ERRORS.labels(service=service.id, status="400").inc()
+            return 400, _problem(400, str(exc)), HookAnswer(reasons=["bad-context"])
+        except PrefetchUnavailable as exc:
+            HOOK_ERRORS.labels(service=service.id, status="412").inc()
+            message = f"Prefetch data {', '.join(exc.keys)} missing and {exc.reason}"
+            return 412, _operation_outcome(412, "not-found", message), HookAnswer(reasons=["unavailable"])
+        except Exception as exc:  # never block the EHR: an empty answer, counted and logged
+            log.exception("%s: unexpected %s; answering with no cards", service.id, type(exc).__name__)
+            answer = HookAnswer(reasons=["internal-error"])
+        for card in answer.cards:
+            CARDS_RETURNED.labels(service=service.id, topic=card.source.topic.code if card.source.topic else "").inc()
+        return 200, JSONResponse(dump(CdsResponse(cards=answer.cards))), answer
+
+    async def _audit(
+        cds: AppState, service: ServiceSpec, payload: HookRequest, status: int, answer: HookAnswer
+    ) -> None:
+        record = {
+            "service": service.id,
+            "hook": payload.hook,
+            "hook_instance": payload.hookInstance,
+            "patient_id": answer.patient_id,
+            "model_version": answer.model_version,
+            "status": status,
+            "outcome": answer.outcome,
+            "card_ids": [c.uuid for c in answer.cards],
+            "suggestion_ids": [s.uuid for c in answer.cards for s in c.suggestions or []],
+            "details": {
+                "timings_ms": {k: round(v, 1) for k, v in answer.timings_ms.items()},
+                "reasons": answer.reasons,
+                "topics": [c.source.topic.code if c.source.topic else None for c in answer.cards],
+            },
+        }
+        try:
+            await run_in_threadpool(cds.store.write_audit, **record)
+        except Exception as exc:  # the answer still goes out; the failure is loud
+            log.error("audit record NOT written for hookInstance=%s: %s", payload.hookInstance, type(exc).__name__)
+
+    feedback_schema = {
+        "oneOf": [FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                  FeedbackItem.model_json_schema(ref_template="#/components/schemas/{model}")]
+    }  # fmt: skip
+
+    @app.post(
+        "/cds-services/{service_id}/feedback",
+        tags=["CDS Hooks"],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": feedback_schema}}}},
+        responses={
+            400: {"description": "Malformed feedback"},
+            401: {"description": "JWT rejected"},
+            404: {"description": "Unknown service"},
+        },
+    )
+    async def feedback(service_id: str, request: Request, cds: State) -> Response:
+        service = SERVICES.get(service_id)
+        if service is None:
+            return _problem(404, f"no CDS service named {service_id!r}")
+        try:
+            await authorize(request, cds, service_id)
+        except AuthError:
+            return Response(status_code=401)
+        try:
+            raw = json.loads(await request.body())
+        except ValueError:
+            return _problem(400, "body: not valid JSON")
+        try:
+            if isinstance(raw, dict) and "feedback" in raw:
+                items = FeedbackRequest.model_validate(raw).feedback
+            else:
+                items = [FeedbackItem.model_validate(raw)]
+        except ValidationError as exc:
+            prefix = "" if isinstance(raw, dict) and "feedback" in raw else "feedback item "
+            return _problem(400, prefix + _field_message(exc))
+        new = await run_in_threadpool(cds.store.store_feedback, service.id, items)
+        for item in new:
+            FEEDBACK.labels(service=service.id, outcome=item.outcome).inc()
+        return JSONResponse({"received": len(items), "stored": len(new)})
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(cds: State) -> JSONResponse:
+        model = cds.backend.model_version if cds.backend is not None else None
+        body = {
+            "status": "ready" if model else "degraded (no model: safety cards only)",
+            "model": model,
+            "auth": "jwt" if cds.settings.auth_enabled else "OFF (dev mode)",
+        }
+        return JSONResponse(body)
+
+    @app.get("/model-card", response_class=PlainTextResponse, tags=["operations"])
+    async def model_card(cds: State) -> PlainTextResponse:
+        path = cds.settings.resolved_model_dir / "MODEL_CARD.md"
+        text = path.read_text() if path.is_file() else "No model card: no model is loaded."
+        return PlainTextResponse(text, media_type="text/markdown")
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

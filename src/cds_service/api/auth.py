@@ -1,0 +1,145 @@
+"""Verifying the CDS client's JWT as CDS Hooks 2.0 asks (joserfc does the JOSE work).
+
+Checks, in order: an asymmetric `alg` we accept (never `none` or HMAC); an allow-listed `iss`; its keys
+from configuration, or from the JWKS URL on the allow-list (a `jku` header must name that same URL);
+the signature; `aud` equal to the endpoint called; `exp`, `iat` and (if present) `nbf` with leeway; and
+a `jti` never seen before (Redis when configured, else this process). Every failure is an `AuthError`
+whose reason is logged and counted; the client only ever sees a bare 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from cds_service.errors import AuthError
+from cds_service.metrics import AUTH_FAILURES
+from cds_service.settings import Settings
+
+log = logging.getLogger(__name__)
+JWKS_TTL_S = 300
+
+
+def _unverified_part(token: str, index: int) -> dict[str, Any]:
+    try:
+        part = token.split(".")[index]
+        decoded = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (IndexError, ValueError) as exc:
+        raise AuthError("malformed token") from exc
+    if not isinstance(decoded, dict):
+        raise AuthError("malformed token")
+    return decoded
+
+
+class ReplayCache:
+    """`jti` values seen, until their token expires: Redis (shared by all replicas) or in process."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        self._redis = aioredis.from_url(redis_url) if redis_url else None
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    async def first_use(self, key: str, ttl_s: int) -> bool:
+        ttl_s = max(ttl_s, 1)
+        if self._redis is not None:
+            return bool(await self._redis.set(f"cds:jti:{key}", b"1", nx=True, ex=ttl_s))
+        now = time.time()
+        with self._lock:
+            if len(self._seen) > 100_000:
+                self._seen = {k: t for k, t in self._seen.items() if t > now}
+            if self._seen.get(key, 0.0) > now:
+                return False
+            self._seen[key] = now + ttl_s
+            return True
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class JwtVerifier:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, replay: ReplayCache) -> None:
+        self.settings = settings
+        self.http = http
+        self.replay = replay
+        self._jwks: dict[str, tuple[float, KeySet]] = {}
+
+    async def _keys(self, iss: str, jku: str | None) -> KeySet:
+        configured = self.settings.jwt_jwks.get(iss)
+        url = self.settings.jwt_issuers.get(iss)
+        if jku is not None and jku != url:
+            raise AuthError("jku not on the allow-list for this issuer")
+        if configured is not None:
+            return KeySet.import_key_set(configured)  # type: ignore[arg-type]
+        if url is None:
+            raise AuthError("issuer has no keys")
+        cached = self._jwks.get(url)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            response = await self.http.get(url, timeout=2.0)
+            response.raise_for_status()
+            keys = KeySet.import_key_set(response.json())
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            raise AuthError(f"JWKS unavailable ({type(exc).__name__})") from exc
+        self._jwks[url] = (time.monotonic() + JWKS_TTL_S, keys)
+        return keys
+
+    async def verify(self, authorization: str | None, audiences: list[str]) -> dict[str, Any]:
+        try:
+            return await self._verify(authorization, audiences)
+        except AuthError as exc:
+            AUTH_FAILURES.labels(reason=str(exc).split(" (")[0][:60]).inc()
+            log.warning("JWT rejected: %s", exc)
+            raise
+
+    async def _verify(self, authorization: str | None, audiences: list[str]) -> dict[str, Any]:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthError("no bearer token")
+        token = authorization.removeprefix("Bearer ").strip()
+        header = _unverified_part(token, 0)
+        alg = header.get("alg")
+        if alg not in self.settings.jwt_algorithms:
+            raise AuthError(f"algorithm not accepted: {str(alg)[:20]}")
+        iss = _unverified_part(token, 1).get("iss")
+        allowed = set(self.settings.jwt_issuers) | set(self.settings.jwt_jwks)
+        if not isinstance(iss, str) or iss not in allowed:
+            raise AuthError("issuer not on the allow-list")
+        jku = header.get("jku")
+        keys = await self._keys(iss, jku if isinstance(jku, str) else None)
+        try:
+            decoded = jwt.decode(token, keys, algorithms=self.settings.jwt_algorithms)
+        except (JoseError, ValueError) as exc:
+            raise AuthError(f"signature invalid ({type(exc).__name__})") from exc
+        claims: dict[str, Any] = dict(decoded.claims)
+        aud = claims.get("aud")
+        aud_values = aud if isinstance(aud, list) else [aud]
+        if not any(a in audiences for a in aud_values):
+            raise AuthError("audience is not this endpoint")
+        registry = jwt.JWTClaimsRegistry(
+            leeway=self.settings.jwt_leeway_s,
+            iss={"essential": True, "value": iss},
+            exp={"essential": True},
+            iat={"essential": True},
+            jti={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise AuthError(f"claims invalid ({type(exc).__name__})") from exc
+        if float(claims["iat"]) > time.time() + self.settings.jwt_leeway_s:
+            raise AuthError("issued in the future")
+        ttl = int(float(claims["exp"]) - time.time()) + self.settings.jwt_leeway_s
+        if not await self.replay.first_use(f"{iss}:{claims['jti']}", ttl):
+            raise AuthError("jti replayed")
+        return claims

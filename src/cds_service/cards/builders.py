@@ -1,0 +1,120 @@
+"""Cards from model findings and from order-safety findings."""
+
+from __future__ import annotations
+
+from cds_service.cards.drafts import proposed_medication_request, provisional_condition
+from cds_service.cards.render import finding_detail, md, override_reasons, source, summary
+from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
+from cds_service.hooks.models import Action, Card, Suggestion
+from cds_service.inference.scoring import Finding
+from cds_service.safety.orders import AllergyFinding, DuplicateFinding, InteractionFinding
+
+
+def diagnosis_card(
+    f: Finding, patient_id: str, encounter_id: str | None, version: str | None, card_url: str | None
+) -> Card:
+    where = "encounter diagnosis" if encounter_id else "problem-list entry"
+    condition = provisional_condition(f.token, f.display, patient_id, encounter_id)
+    return Card(
+        summary=summary(f"Consider {f.display} ({f.probability:.0%} likely)"),
+        detail=finding_detail(f, "likely diagnosis not yet on the problem list"),
+        indicator="info",
+        source=source("diagnosis-suggestion", version, card_url),
+        suggestions=[
+            Suggestion(
+                label=summary(f"Add provisional {where}: {f.display}"),
+                actions=[
+                    Action(type="create", description=f"Add {f.display} as a provisional {where}", resource=condition)
+                ],
+            )
+        ],
+        selectionBehavior="at-most-one",
+        overrideReasons=override_reasons(SUGGESTION_OVERRIDES),
+    )
+
+
+def medication_card(
+    f: Finding, patient_id: str, encounter_id: str | None, requester: str | None, version: str | None,
+    card_url: str | None,
+) -> Card:  # fmt: skip
+    request = proposed_medication_request(f.token, f.display, patient_id, encounter_id, requester)
+    return Card(
+        summary=summary(f"Consider {f.display} ({f.probability:.0%})"),
+        detail=finding_detail(f, "medication commonly ordered for patients like this one")
+        + "\n\nChecked against active medications, drafts and allergies: no interaction in our table.",
+        indicator="info",
+        source=source("medication-recommendation", version, card_url),
+        suggestions=[
+            Suggestion(
+                label=summary(f"Draft order: {f.display}"),
+                actions=[Action(type="create", description=f"Propose {f.display}", resource=request)],
+            )
+        ],
+        selectionBehavior="at-most-one",
+        overrideReasons=override_reasons(SUGGESTION_OVERRIDES),
+    )
+
+
+def _remove(draft_ref: str, name: str) -> Suggestion:
+    return Suggestion(
+        label=summary(f"Remove the draft order for {name}"),
+        isRecommended=True,
+        actions=[Action(type="delete", description=f"Remove draft {name}", resourceId=draft_ref)],
+    )
+
+
+def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card:
+    i = f.interaction
+    where = "another draft order" if f.other_is_draft else "an active medication"
+    detail = "\n".join(
+        [
+            f"**{md(f.draft.name)}** (draft) interacts with {where}, **{md(f.other.name)}** ({md(f.other.reference)}).",
+            "",
+            f"- Severity: **{i.severity}** ({md(i.ingredient_a)} + {md(i.ingredient_b)})",
+            f"- Mechanism: {md(i.mechanism)}",
+            f"- Source: {md(i.source)}",
+        ]
+    )
+    return Card(
+        summary=summary(f"{i.severity.capitalize()} interaction: {f.draft.name} with {f.other.name}"),
+        detail=detail,
+        indicator="critical" if i.severity == "contraindicated" else "warning",
+        source=source("drug-interaction", None, card_url),
+        suggestions=[_remove(f.draft.reference, f.draft.name)],
+        selectionBehavior="at-most-one",
+        overrideReasons=override_reasons(SAFETY_OVERRIDES),
+    )
+
+
+def allergy_card(f: AllergyFinding, card_url: str | None = None) -> Card:
+    critical = f.criticality == "high"
+    detail = (
+        f"The patient has a documented allergy or intolerance to **{md(f.substance)}** ({md(f.allergy)}"
+        f"{', criticality ' + md(f.criticality) if f.criticality else ''}), and the draft order "
+        f"**{md(f.draft.name)}** names it. Matching is by substance name; cross-reactive classes are not checked."
+    )
+    return Card(
+        summary=summary(f"Allergy: {f.draft.name} conflicts with documented {f.substance} allergy"),
+        detail=detail,
+        indicator="critical" if critical else "warning",
+        source=source("drug-allergy", None, card_url),
+        suggestions=[_remove(f.draft.reference, f.draft.name)],
+        selectionBehavior="at-most-one",
+        overrideReasons=override_reasons(SAFETY_OVERRIDES),
+    )
+
+
+def duplicate_card(f: DuplicateFinding, card_url: str | None = None) -> Card:
+    detail = (
+        f"The draft **{md(f.draft.name)}** shares {md(', '.join(f.shared))} with the active medication "
+        f"**{md(f.active.name)}** ({md(f.active.reference)})."
+    )
+    return Card(
+        summary=summary(f"Duplicate therapy: {f.draft.name} duplicates active {f.active.name}"),
+        detail=detail,
+        indicator="warning",
+        source=source("duplicate-therapy", None, card_url),
+        suggestions=[_remove(f.draft.reference, f.draft.name)],
+        selectionBehavior="at-most-one",
+        overrideReasons=override_reasons(SAFETY_OVERRIDES),
+    )

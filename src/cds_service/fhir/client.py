@@ -1,0 +1,102 @@
+"""Reads from the EHR's FHIR server: bearer token, timeouts, Bundle pagination.
+
+The access token is sent only to the `fhirServer` the hook named (never to a `next` link on another
+origin) and is never logged. Every failure is a `FhirFetchError` whose message has no PHI and no token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from cds_service.errors import FhirFetchError
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def next_link(bundle: dict[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+class FhirClient:
+    def __init__(self, base_url: str, access_token: str | None, client: httpx.AsyncClient, max_pages: int = 20) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self._token = access_token
+        self._client = client
+        self.max_pages = max_pages
+
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = {"Accept": FHIR_JSON}
+        if self._token and _origin(url) == _origin(self.base_url):
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _get(self, url: str, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FhirFetchError("time budget spent before the FHIR request")
+        try:
+            response = await self._client.get(url, headers=self._headers(url), timeout=remaining)
+        except httpx.TimeoutException as exc:
+            raise FhirFetchError("FHIR server timed out") from exc
+        except httpx.HTTPError as exc:
+            raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
+        if response.status_code != 200:
+            raise FhirFetchError(f"FHIR server answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise FhirFetchError("FHIR server sent a body that is not JSON") from exc
+        if not isinstance(body, dict) or "resourceType" not in body:
+            raise FhirFetchError("FHIR server sent JSON that is not a FHIR resource")
+        return body
+
+    async def read(self, query: str, deadline: float) -> dict[str, Any]:
+        """GET one query relative to the server base: a resource, or a searchset Bundle (first page)."""
+        return await self._get(urljoin(self.base_url, query.lstrip("/")), deadline)
+
+    async def search_all(self, first: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
+        """Entries' resources of a Bundle and its following pages (up to `max_pages`)."""
+        resources = entries(first)
+        bundle, pages = first, 1
+        while (url := next_link(bundle)) is not None:
+            if pages >= self.max_pages:
+                log.warning("FHIR search stopped after %d pages", pages)
+                break
+            if _origin(urljoin(self.base_url, url)) != _origin(self.base_url):
+                log.warning("FHIR next link points at another origin: not followed")
+                break
+            bundle = await self._get(urljoin(self.base_url, url), deadline)
+            resources.extend(entries(bundle))
+            pages += 1
+        return resources
+
+
+def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """Resources of a Bundle's entries, skipping malformed entries and OperationOutcome search notes."""
+    out = []
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+            search = entry.get("search")
+            if isinstance(search, dict) and search.get("mode") == "outcome":
+                continue
+            out.append(resource)
+    return out

@@ -1,0 +1,229 @@
+"""Answering one hook call: validate its context, gather data, run safety rules, score, build cards.
+
+Safety rules run first and need no model, so their cards survive any model failure. Model work gets
+what is left of the request's deadline; if it misses, or fails, the answer has fewer cards, and the
+reason goes to the log, the metrics and the audit record. Nothing here lets an exception escape for a
+bad bundle: the only errors raised are a bad context (400) and unavailable required data (412).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from cds_service.cards.builders import (
+    allergy_card,
+    diagnosis_card,
+    duplicate_card,
+    interaction_card,
+    medication_card,
+)
+from cds_service.fhir.client import FhirClient, entries
+from cds_service.fhir.elements import code_token
+from cds_service.hooks.models import CONTEXTS, Card, HookRequest, OrderSelectContext, OrderSignContext, PatientContext
+from cds_service.hooks.prefetch import PatientData, gather
+from cds_service.hooks.services import ServiceSpec
+from cds_service.inference.backend import DeadlineMissed, InferenceBackend
+from cds_service.inference.jobs import ScoringJob, ScoringResult
+from cds_service.metrics import DEADLINE_MISSES, DEGRADED, MODEL_SECONDS
+from cds_service.safety.orders import (
+    Drug,
+    active_drugs,
+    check_allergies,
+    check_duplicates,
+    check_interactions,
+    drug_of,
+)
+from cds_service.settings import Settings
+
+log = logging.getLogger(__name__)
+INVALID_CONDITION = {"entered-in-error", "refuted"}
+
+
+class ContextError(ValueError):
+    """The hook's context is invalid; the message names the field."""
+
+
+@dataclass
+class HookAnswer:
+    cards: list[Card] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why the answer is degraded (no PHI)
+    model_version: str | None = None
+    patient_id: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        return "degraded" if self.reasons else "ok"
+
+
+def validate_context(hook: str, context: dict[str, Any]) -> PatientContext:
+    model = CONTEXTS.get(hook)
+    if model is None:
+        raise ContextError(f"hook: unsupported hook {hook!r}")
+    try:
+        return model.model_validate(context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in ("context", *first["loc"]))
+        raise ContextError(f"{where}: {first['msg']}") from exc
+
+
+def _status_codes(resource: dict[str, Any], element: str) -> set[str]:
+    concept = resource.get(element)
+    return {str(c.get("code")) for c in (concept or {}).get("coding") or [] if isinstance(c, dict)}
+
+
+def _encounter_of(resource: dict[str, Any]) -> str | None:
+    ref = resource.get("encounter") or resource.get("context")
+    target = ref.get("reference") if isinstance(ref, dict) else None
+    return target.rsplit("/", 1)[-1] if isinstance(target, str) else None
+
+
+def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None = None) -> list[str]:
+    """Tokens of the patient's (valid) conditions; with `encounter_id`, only those recorded at it."""
+    out = []
+    for r in resources:
+        if r.get("resourceType") != "Condition" or _status_codes(r, "verificationStatus") & INVALID_CONDITION:
+            continue
+        if encounter_id is not None and _encounter_of(r) != encounter_id:
+            continue
+        coded = code_token(r.get("code"))
+        if coded:
+            out.append(coded[0])
+    return list(dict.fromkeys(out))
+
+
+class HookDispatcher:
+    def __init__(self, settings: Settings, backend: InferenceBackend | None, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.http = http
+
+    async def handle(self, service: ServiceSpec, request: HookRequest) -> HookAnswer:
+        started = time.monotonic()
+        deadline = started + self.settings.deadline_ms / 1000
+        context = validate_context(request.hook, request.context)
+        answer = HookAnswer(patient_id=context.patientId)
+        client = None
+        if request.fhirServer:
+            token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+            client = FhirClient(request.fhirServer, token, self.http)
+        fetch_deadline = min(deadline, started + self.settings.fhir_timeout_ms / 1000)
+        data = await gather(service, request, client, fetch_deadline)
+        answer.timings_ms["data"] = (time.monotonic() - started) * 1e3
+        for key in data.degraded:
+            answer.reasons.append(f"data-{data.origin[key]}:{key}")
+            DEGRADED.labels(service=service.id, reason=f"data-{data.origin[key]}").inc()
+
+        if service.kind == "treatment":
+            job = self._treatment(service, context, data, answer)
+        else:
+            job = self._diagnosis_job(context, data)
+        answer.timings_ms["rules"] = (time.monotonic() - started) * 1e3 - answer.timings_ms["data"]
+        result = await self._score(service, job, deadline, answer)
+        if result is not None:
+            answer.model_version = result.model_version
+            self._model_cards(service, context, result, answer)
+        answer.timings_ms["total"] = (time.monotonic() - started) * 1e3
+        return answer
+
+    def _diagnosis_job(self, context: PatientContext, data: PatientData) -> ScoringJob:
+        return ScoringJob(
+            head="diagnosis",
+            patient_id=context.patientId,
+            resources=data.resources,
+            cutoff=time.time(),
+            encounter_id=context.encounterId,
+            exclude=condition_tokens(data.resources),
+            max_findings=self.settings.max_cards,
+            min_probability=self.settings.min_card_probability,
+        )
+
+    def _treatment(
+        self, service: ServiceSpec, context: PatientContext, data: PatientData, answer: HookAnswer
+    ) -> ScoringJob:
+        assert isinstance(context, OrderSignContext)  # validate_context guarantees it for order hooks
+        draft_resources = entries(context.draftOrders)
+        medications = {
+            str(r.get("id")): r for r in draft_resources + data.resources if r.get("resourceType") == "Medication"
+        }
+        drafts = [d for r in draft_resources if (d := drug_of(r, medications)) is not None]
+        if isinstance(context, OrderSelectContext):
+            selected = set(context.selections)
+            focus = [d for d in drafts if d.reference in selected]
+        else:
+            focus = drafts
+        draft_refs = {d.reference for d in drafts}
+        active = active_drugs(data.resources, exclude=draft_refs)
+        url = self.settings.model_card_url
+        seen: set[frozenset[str]] = set()
+        for f in check_interactions(focus, active, drafts):
+            pair = frozenset((f.draft.reference, f.other.reference))
+            if pair not in seen:
+                seen.add(pair)
+                answer.cards.append(interaction_card(f, url))
+        answer.cards.extend(allergy_card(f, url) for f in check_allergies(focus, data.resources))
+        answer.cards.extend(duplicate_card(f, url) for f in check_duplicates(focus, active))
+        avoid: list[Drug] = active + drafts
+        return ScoringJob(
+            head="medication",
+            patient_id=context.patientId,
+            resources=data.resources,
+            cutoff=time.time(),
+            encounter_id=context.encounterId,
+            known_dx=condition_tokens(data.resources, context.encounterId) if context.encounterId else [],
+            exclude=[d.token for d in avoid if d.token],
+            avoid_drugs=[d.name for d in avoid],
+            max_findings=min(2, self.settings.max_cards),
+            min_probability=self.settings.min_card_probability,
+        )
+
+    async def _score(
+        self, service: ServiceSpec, job: ScoringJob, deadline: float, answer: HookAnswer
+    ) -> ScoringResult | None:
+        if self.backend is None:
+            answer.reasons.append("no-model")
+            DEGRADED.labels(service=service.id, reason="no-model").inc()
+            return None
+        try:
+            result = await self.backend.score(job, deadline)
+        except DeadlineMissed:
+            answer.reasons.append("deadline")
+            DEADLINE_MISSES.labels(service=service.id).inc()
+            DEGRADED.labels(service=service.id, reason="deadline").inc()
+            log.warning("%s: model missed the %d ms deadline; answering without model cards", service.id,
+                        self.settings.deadline_ms)  # fmt: skip
+            return None
+        except Exception as exc:  # the EHR's workflow must never block on our model failing
+            answer.reasons.append("model-error")
+            DEGRADED.labels(service=service.id, reason="model-error").inc()
+            log.error("%s: scoring failed (%s); answering without model cards", service.id, type(exc).__name__)
+            return None
+        for stage, ms in result.timings_ms.items():
+            MODEL_SECONDS.labels(stage=stage).observe(ms / 1000)
+            answer.timings_ms[f"model_{stage}"] = ms
+        return result
+
+    def _model_cards(
+        self, service: ServiceSpec, context: PatientContext, result: ScoringResult, answer: HookAnswer
+    ) -> None:
+        url = self.settings.model_card_url
+        for finding in result.findings:
+            try:
+                if finding.head == "diagnosis":
+                    card = diagnosis_card(finding, context.patientId, context.encounterId, result.model_version, url)
+                else:
+                    card = medication_card(
+                        finding, context.patientId, context.encounterId, context.userId, result.model_version, url
+                    )
+            except ValidationError as exc:  # a card that would break the spec is dropped, not sent
+                log.error("%s: dropped a malformed card (%s)", service.id, exc.errors()[0]["msg"])
+                DEGRADED.labels(service=service.id, reason="malformed-card").inc()
+                continue
+            answer.cards.append(card)

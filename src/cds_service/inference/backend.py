@@ -1,0 +1,76 @@
+"""Where scoring runs. `InProcessBackend` is the embedded default: one model, one scoring thread.
+
+A single thread because the 2-core default host gains nothing from parallel forwards and loses latency
+to thread contention; requests queue instead, and a job whose deadline passed while queued is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from cds_service.inference.jobs import ScoringJob, ScoringResult, run_job
+from cds_service.inference.predictor import Predictor
+from cds_service.inference.scoring import PatientScorer
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineMissed(Exception):
+    """Scoring did not finish before the request's deadline."""
+
+
+class InferenceBackend(Protocol):
+    name: str
+
+    @property
+    def model_version(self) -> str | None: ...
+
+    async def score(self, job: ScoringJob, deadline: float) -> ScoringResult: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessBackend:
+    name = "inprocess"
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.scorer = PatientScorer(predictor)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+
+    @classmethod
+    def load(cls, model_dir: Path, threads: int | None = None) -> InProcessBackend:
+        if threads:
+            torch.set_num_threads(threads)
+        return cls(Predictor(model_dir))
+
+    @property
+    def model_version(self) -> str | None:
+        return self.scorer.predictor.version
+
+    def _run(self, job: ScoringJob, deadline: float) -> ScoringResult:
+        if time.monotonic() >= deadline:
+            raise DeadlineMissed("deadline passed while queued")
+        return run_job(self.scorer, job)
+
+    async def score(self, job: ScoringJob, deadline: float) -> ScoringResult:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineMissed("no time left for scoring")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, job, deadline)
+        try:
+            return await asyncio.wait_for(future, timeout=remaining)
+        except TimeoutError as exc:
+            raise DeadlineMissed("scoring missed the deadline") from exc
+
+    def warm_up(self, job: ScoringJob) -> None:
+        run_job(self.scorer, job)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,185 @@
+"""Scoring one live patient, and the evidence behind each score.
+
+Evidence: captum's InputXGradient on the summed input embeddings (one backward pass for all explained
+labels, one batch row per label), summed per source FHIR resource or note. The top sources of each label
+are then confirmed by deletion: the positions of that source are masked out and the label re-scored in
+one batch; `drop` is how much the calibrated probability fell without it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from captum.attr import InputXGradient
+
+from cds_service.inference.featurize import encode, pad_batch
+from cds_service.inference.live import LiveHistory
+from cds_service.inference.predictor import Predictor
+from cds_service.inference.training import to_tensors
+from cds_service.timeline.events import Event, Note
+
+HEADS = ("diagnosis", "medication")
+QUOTE_PIECES = 16  # note pieces per quoted passage
+
+
+@dataclass
+class EvidenceItem:
+    source: str  # "Condition/abc", "DocumentReference/xyz": present in the patient's data
+    display: str
+    time: float
+    share: float  # share of the label's positive attribution
+    quote: str | None = None  # for notes: the most influential passage
+    drop: float | None = None  # probability lost when this source is deleted (None: not checked)
+
+
+@dataclass
+class Finding:
+    head: str
+    label: int
+    token: str
+    display: str
+    probability: float
+    threshold: float
+    evidence: list[EvidenceItem] = field(default_factory=list)
+
+
+@dataclass
+class PatientScores:
+    live: LiveHistory
+    features: dict[str, npt.NDArray[np.int64]]
+    positions: list[int]  # per input position: event index, -1 CLS, -2-k note k
+    probabilities: dict[str, npt.NDArray[np.float32]]
+
+
+class PatientScorer:
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.model = predictor.model
+
+    def _batch(self, scores: PatientScores, rows: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch = to_tensors(pad_batch([scores.features] * rows), self.predictor.device)
+        known = torch.zeros((rows, max(len(scores.live.known_dx), 1)), dtype=torch.int64)
+        known[:, : len(scores.live.known_dx)] = torch.as_tensor(scores.live.known_dx, dtype=torch.int64)
+        return batch, known.to(self.predictor.device)
+
+    @torch.no_grad()
+    def score(self, live: LiveHistory) -> PatientScores:
+        features, positions = encode(live.history, self.predictor.space, self.predictor.encode_config)
+        scores = PatientScores(live, features, positions, {})
+        batch, known = self._batch(scores, 1)
+        out = self.model(batch, known)
+        scores.probabilities = {
+            "diagnosis": self.predictor.calibrate("diagnosis", out.dx_logits)[0].float().cpu().numpy(),
+            "medication": self.predictor.calibrate("medication", out.med_logits)[0].float().cpu().numpy(),
+        }
+        return scores
+
+    def explain(
+        self, scores: PatientScores, head: str, labels: list[int], top: int = 5, confirm: int = 3
+    ) -> list[Finding]:
+        """Findings for `labels` of `head`, each with its top evidence; the top `confirm` checked by deletion."""
+        if not labels:
+            return []
+        per_position = self._attributions(scores, head, labels)
+        findings = []
+        for row, label in enumerate(labels):
+            meta = self.predictor.labels[head][label]
+            findings.append(
+                Finding(
+                    head,
+                    label,
+                    str(meta["token"]),
+                    str(meta.get("display", meta["token"])),
+                    float(scores.probabilities[head][label]),
+                    float(self.predictor.thresholds[head][label]),
+                    self._evidence(scores, per_position[row])[:top],
+                )
+            )
+        self._confirm(scores, findings, confirm)
+        return findings
+
+    def _attributions(self, scores: PatientScores, head: str, labels: list[int]) -> npt.NDArray[np.float32]:
+        batch, known = self._batch(scores, len(labels))
+        self.model.eval()
+        embeds = self.model.embed(batch).detach().requires_grad_()
+
+        def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
+            out = self.model(batch, known, inputs_embeds=inputs_embeds)
+            logits: torch.Tensor = out.dx_logits if head == "diagnosis" else out.med_logits
+            return logits
+
+        with torch.enable_grad():
+            attr = InputXGradient(forward).attribute(embeds, target=labels)
+        result: npt.NDArray[np.float32] = attr.sum(-1).detach().float().cpu().numpy()
+        return result
+
+    def _source_of(self, scores: PatientScores, position: int) -> tuple[str, Event | Note] | None:
+        index = scores.positions[position]
+        if index >= 0:
+            event = scores.live.events[index]
+            return event.source, event
+        if index <= -2:
+            note = scores.live.notes[-2 - index]
+            return note.source, note
+        return None
+
+    def _evidence(self, scores: PatientScores, attribution: npt.NDArray[np.float32]) -> list[EvidenceItem]:
+        totals: dict[str, float] = defaultdict(float)
+        items: dict[str, Event | Note] = {}
+        for position in range(len(scores.positions)):
+            found = self._source_of(scores, position)
+            if found is not None:
+                totals[found[0]] += float(attribution[position])
+                items[found[0]] = found[1]
+        positive = sum(v for v in totals.values() if v > 0)
+        ranked = sorted((s for s in totals if totals[s] > 0), key=lambda s: -totals[s])
+        out = []
+        for source in ranked:
+            item = items[source]
+            if isinstance(item, Note):
+                out.append(
+                    EvidenceItem(
+                        source,
+                        item.title or "Clinical note",
+                        item.time,
+                        totals[source] / positive,
+                        self._quote(scores, attribution, source),
+                    )
+                )
+            else:
+                out.append(EvidenceItem(source, item.display, item.time, totals[source] / positive))
+        return out
+
+    def _quote(self, scores: PatientScores, attribution: npt.NDArray[np.float32], source: str) -> str | None:
+        """The window of note pieces with the largest attribution, decoded back to text."""
+        tokenizer = self.predictor.note_tokenizer
+        positions = [p for p in range(len(scores.positions)) if (f := self._source_of(scores, p)) and f[0] == source]
+        if tokenizer is None or not positions:
+            return None
+        window = min(QUOTE_PIECES, len(positions))
+        sums = np.convolve(attribution[positions], np.ones(window), mode="valid")
+        start = int(np.argmax(sums))
+        ids = scores.features["input_ids"][positions[start : start + window]] - self.predictor.space.note_offset
+        text = tokenizer.decode([int(i) for i in ids]).strip()
+        return text or None
+
+    @torch.no_grad()
+    def _confirm(self, scores: PatientScores, findings: list[Finding], confirm: int) -> None:
+        jobs = [(f, item) for f in findings for item in f.evidence[:confirm]]
+        if not jobs:
+            return
+        batch, known = self._batch(scores, len(jobs))
+        for row, (_, item) in enumerate(jobs):
+            for position in range(len(scores.positions)):
+                found = self._source_of(scores, position)
+                if found is not None and found[0] == item.source:
+                    batch["attention_mask"][row, position] = 0
+        out = self.model(batch, known)
+        for row, (finding, item) in enumerate(jobs):
+            logits = out.dx_logits if finding.head == "diagnosis" else out.med_logits
+            without = float(self.predictor.calibrate(finding.head, logits[row : row + 1])[0, finding.label])
+            item.drop = finding.probability - without

@@ -1,0 +1,21 @@
+"""Prometheus metrics, defined once at import (one process, one registry); served at `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+REQUEST_LATENCY = Histogram(
+    "cds_hook_request_seconds", "Hook request latency", ["service", "hook"], buckets=LATENCY_BUCKETS
+)
+CARDS_RETURNED = Counter("cds_cards_returned_total", "Cards returned", ["service", "topic"])
+DEADLINE_MISSES = Counter("cds_deadline_misses_total", "Model scoring that missed the request deadline", ["service"])
+DEGRADED = Counter(
+    "cds_degraded_responses_total", "Responses with fewer cards than normal, by reason", ["service", "reason"]
+)
+FALLBACKS = Counter("cds_backend_fallbacks_total", "Scoring that fell back from the configured backend", ["reason"])
+HOOK_ERRORS = Counter("cds_hook_errors_total", "Hook requests answered with an error status", ["service", "status"])
+MODEL_SECONDS = Histogram("cds_model_seconds", "Model work per request, by stage", ["stage"], buckets=LATENCY_BUCKETS)
+FEEDBACK = Counter("cds_feedback_total", "Feedback items received (new, not repeats)", ["service", "outcome"])
+AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client JWTs, by reason", ["reason"])
