@@ -128,7 +128,10 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        service_id = request.path_params.get("service_id")
+        if service_id is not None and service_id not in SERVICES:  # unknown service beats a bad body
+            return _problem(404, f"no CDS service named {service_id!r}")
         return _problem(400, _field_message(exc))
 
     async def authorize(request: Request, cds: AppState, service_id: str) -> None:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cds_service.cards.drafts import proposed_medication_request, provisional_condition
 from cds_service.cards.render import finding_detail, md, override_reasons, source, summary
 from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
 from cds_service.hooks.models import Action, Card, Suggestion
 from cds_service.inference.scoring import Finding
 from cds_service.safety.orders import AllergyFinding, DuplicateFinding, InteractionFinding
+
+EVIDENCE_EXTENSION = "https://cds-service.dev/cds-hooks/evidence"
+
+
+def evidence_extension(f: Finding) -> dict[str, Any]:
+    """Machine-readable evidence (CDS Hooks 2.0 `extension`): the very resources behind a suggestion."""
+    items = []
+    for e in f.evidence:
+        item: dict[str, Any] = {"reference": e.source, "share": round(e.share, 4)}
+        if e.drop is not None:
+            item["scoreDropWithout"] = round(e.drop, 4)
+        if e.quote:
+            item["quote"] = e.quote
+        items.append(item)
+    body: dict[str, Any] = {"probability": round(f.probability, 4)}
+    if items:
+        body["evidence"] = items
+    return {EVIDENCE_EXTENSION: body}
 
 
 def diagnosis_card(
@@ -30,6 +50,7 @@ def diagnosis_card(
         ],
         selectionBehavior="at-most-one",
         overrideReasons=override_reasons(SUGGESTION_OVERRIDES),
+        extension=evidence_extension(f),
     )
 
 
@@ -52,6 +73,7 @@ def medication_card(
         ],
         selectionBehavior="at-most-one",
         overrideReasons=override_reasons(SUGGESTION_OVERRIDES),
+        extension=evidence_extension(f),
     )
 
 

@@ -1,0 +1,344 @@
+"""End to end: a real uvicorn server with the shipped model, driven as an EHR would drive it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from sqlalchemy import create_engine, text
+
+from cds_service.cards.builders import EVIDENCE_EXTENSION
+from cds_service.hooks.requests import hook_request, prefetch_for, searchset
+from cds_service.safety.interactions import ingredients_of, interaction_table
+from cds_service.safety.orders import active_drugs
+from cds_service.settings import Settings
+from tests.card_rules import card_problems
+from tests.conftest import SPEC_EXAMPLES, bundle_resources, load_example
+from tests.servers import free_port, running_server
+
+FHIR = "https://fhir.ehr.test/r4"
+TOKEN = "secret-ehr-access-token-123"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cds-data")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[str]:
+    port = free_port()
+    settings = Settings(
+        dev_mode=True,
+        data_dir=data_dir,
+        public_url=f"http://127.0.0.1:{port}",
+        min_card_probability=0.0,  # the interim model is weak: show its best guesses so cards can be checked
+        deadline_ms=20_000,  # CI machines are slow and shared; the deadline has its own test
+        fhir_timeout_ms=10_000,
+    )
+    with running_server(settings, port) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def patients(synthea_fhir: Path) -> list[list[dict[str, Any]]]:
+    return [resources for _, resources in bundle_resources(synthea_fhir)]
+
+
+def patient_id(resources: list[dict[str, Any]]) -> str:
+    return str(next(r["id"] for r in resources if r["resourceType"] == "Patient"))
+
+
+def post(url: str, body: Any, **kw: Any) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=60, **kw)
+
+
+def check_cards(cards: list[dict[str, Any]], resources: list[dict[str, Any]]) -> None:
+    present = {f"{r['resourceType']}/{r.get('id')}" for r in resources}
+    for card in cards:
+        assert card_problems(card) == [], card["summary"]
+        for suggestion in card.get("suggestions", []):
+            for action in suggestion["actions"]:
+                if action["type"] == "create":
+                    kind = action["resource"]["resourceType"]
+                    model = {"Condition": Condition, "MedicationRequest": MedicationRequest}[kind]
+                    model.model_validate(action["resource"])  # parses as FHIR R4B
+        evidence = card.get("extension", {}).get(EVIDENCE_EXTENSION, {}).get("evidence", [])
+        for item in evidence:
+            assert item["reference"] in present, item["reference"]
+
+
+def test_discovery_lists_services_with_cds_hooks_2_prefetch(server: str) -> None:
+    services = httpx.get(f"{server}/cds-services").json()["services"]
+    assert {s["hook"] for s in services} == {"patient-view", "encounter-start", "order-select", "order-sign"}
+    for s in services:
+        for template in s["prefetch"].values():
+            tokens = re.findall(r"\{\{(.*?)\}\}", template)
+            assert tokens and all(t.startswith("context.") for t in tokens)
+
+
+def test_patient_view_with_prefetch_returns_valid_cards_with_evidence(
+    server: str, patients: list[list[dict[str, Any]]]
+) -> None:
+    seen_evidence = 0
+    for resources in patients[:3]:
+        request = hook_request("patient-view", patient_id(resources), prefetch_for(resources))
+        response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+        assert response.status_code == 200
+        cards = response.json()["cards"]
+        assert cards, "min_card_probability=0 must surface the model's top suggestions"
+        check_cards(cards, resources)
+        seen_evidence += sum(len(c["extension"][EVIDENCE_EXTENSION].get("evidence", [])) for c in cards)
+        known = {c["code"]["coding"][0]["code"] for c in resources if c["resourceType"] == "Condition"}
+        for card in cards:  # never suggest what is already on the record
+            created = card["suggestions"][0]["actions"][0]["resource"]
+            assert created["code"]["coding"][0]["code"] not in known
+    assert seen_evidence > 0
+
+
+def _mock_fhir_server(router: respx.MockRouter, resources: list[dict[str, Any]]) -> dict[str, int]:
+    """The EHR's FHIR server for one patient; Observation search answers in two pages."""
+    calls: dict[str, int] = {}
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    pid = patient_id(resources)
+
+    def search(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        kind = request.url.path.rsplit("/", 1)[-1]
+        calls[kind] = calls.get(kind, 0) + 1
+        found = by_type.get(kind, [])
+        if kind == "Observation":
+            page = int(request.url.params.get("page", "1"))
+            half = len(found) // 2
+            bundle = searchset(found[:half] if page == 1 else found[half:])
+            if page == 1:
+                bundle["link"] = [{"relation": "next", "url": f"{FHIR}/Observation?patient={pid}&page=2"}]
+            return httpx.Response(200, json=bundle)
+        return httpx.Response(200, json=searchset(found))
+
+    router.get(f"{FHIR}/Patient/{pid}").mock(return_value=httpx.Response(200, json=by_type["Patient"][0]))
+    router.get(url__regex=rf"^{re.escape(FHIR)}/\w+\?").mock(side_effect=search)
+    return calls
+
+
+def test_patient_view_without_prefetch_fetches_from_the_fhir_server(
+    server: str, patients: list[list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    resources = patients[0]
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        calls = _mock_fhir_server(router, resources)
+        request = hook_request("patient-view", patient_id(resources), None, fhir_server=FHIR, access_token=TOKEN)
+        with caplog.at_level(logging.DEBUG):
+            response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+    assert response.status_code == 200
+    assert calls["Observation"] == 2  # both pages
+    assert {"Condition", "MedicationRequest", "Encounter"} <= set(calls)
+    cards = response.json()["cards"]
+    assert cards
+    check_cards(cards, resources)
+    assert TOKEN not in caplog.text
+
+
+def test_412_when_data_is_neither_prefetched_nor_fetchable(server: str, patients: list[list[dict[str, Any]]]) -> None:
+    request = hook_request("patient-view", patient_id(patients[0]), None)
+    response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+    assert response.status_code == 412
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "conditions" in outcome["issue"][0]["diagnostics"]
+
+
+def _interacting_draft(resources: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    for drug in active_drugs(resources, set()):
+        for ingredient in sorted(ingredients_of(drug.name)):
+            for pair, item in sorted(interaction_table().items(), key=lambda kv: sorted(kv[0])):
+                if ingredient in pair:
+                    partner = next(iter(pair - {ingredient}))
+                    draft = {
+                        "resourceType": "MedicationRequest",
+                        "id": "draft-1",
+                        "status": "draft",
+                        "intent": "order",
+                        "subject": {"reference": f"Patient/{patient_id(resources)}"},
+                        "medicationCodeableConcept": {"text": f"{partner.capitalize()} 10 MG Oral Tablet"},
+                    }
+                    return draft, drug.reference
+    return None
+
+
+def test_order_select_with_an_interacting_draft_warns_and_offers_to_remove_it(
+    server: str, patients: list[list[dict[str, Any]]]
+) -> None:
+    found = [(r, d) for r in patients if (d := _interacting_draft(r)) is not None]
+    assert found, "the seeded cohort has a patient on a drug from the interaction table"
+    resources, (draft, active_ref) = found[0]
+    context = {"selections": ["MedicationRequest/draft-1"], "draftOrders": {"resourceType": "Bundle",
+               "entry": [{"resource": draft}]}}  # fmt: skip  (a Bundle with no type, as CDS clients send)
+    request = hook_request("order-select", patient_id(resources), prefetch_for(resources), extra_context=context)
+    response = post(f"{server}/cds-services/treatment-recommendations", request)
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    check_cards(cards, resources)
+    warnings = [c for c in cards if c["source"]["topic"]["code"] == "drug-interaction"]
+    assert warnings and warnings[0]["indicator"] in ("warning", "critical")
+    action = warnings[0]["suggestions"][0]["actions"][0]
+    assert action == {"type": "delete", "description": action["description"], "resourceId": "MedicationRequest/draft-1"}
+    assert active_ref in warnings[0]["detail"].replace("\\", "")
+    assert all(r["display"] for r in warnings[0]["overrideReasons"])
+
+
+def _spec_request(name: str) -> tuple[str, dict[str, Any]]:
+    hook = next(h for h in ("patient-view", "encounter-start", "order-select", "order-sign", "appointment-book")
+                if h in name) if name.startswith("hook-") else ("order-sign" if "draftOrders" in name else "patient-view")  # fmt: skip
+    service = {"patient-view": "diagnosis-suggestions", "encounter-start": "diagnosis-suggestions-encounter-start",
+               "order-select": "treatment-recommendations", "order-sign": "treatment-recommendations-order-sign",
+               "appointment-book": "diagnosis-suggestions"}[hook]  # fmt: skip
+    body = {"hookInstance": str(uuid.uuid4()), "hook": hook, **load_example(name),
+            "prefetch": load_example("prefetch-data-example.json")["prefetch"]}  # fmt: skip
+    return service, body
+
+
+SPEC_REQUESTS = sorted(
+    p.name for p in SPEC_EXAMPLES.glob("*.json") if p.name.startswith(("hook-", "context-", "request-"))
+)
+
+
+@pytest.mark.parametrize("name", SPEC_REQUESTS)
+def test_every_spec_example_gets_a_well_formed_answer(server: str, name: str) -> None:
+    if name.startswith("request-"):
+        body = load_example(name)
+        service = "diagnosis-suggestions"
+    else:
+        service, body = _spec_request(name)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        router.route().mock(return_value=httpx.Response(503))  # the spec's example FHIR servers
+        response = post(f"{server}/cds-services/{service}", body)
+    assert response.status_code in (200, 400, 401, 412), response.text
+    if response.status_code == 200:
+        for card in response.json()["cards"]:
+            assert card_problems(card) == []
+    if response.status_code == 400:
+        assert ":" in response.json()["detail"]  # names the field
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda b: b.pop("hookInstance"), "hookInstance"),
+        (lambda b: b.update(hookInstance="not-a-uuid"), "hookInstance"),
+        (lambda b: b["context"].pop("patientId"), "context.patientId"),
+        (lambda b: b.update(context="x"), "context"),
+        (lambda b: b.update(fhirServer="ftp://x"), "fhirServer"),
+        (lambda b: b.update(fhirAuthorization={"access_token": "t"}), "fhirAuthorization"),
+        (lambda b: b.update(hook="order-sign"), "hook"),
+    ],
+)
+def test_malformed_requests_are_400_naming_the_field(
+    server: str, patients: list[list[dict[str, Any]]], mutate: Any, field: str
+) -> None:
+    body = hook_request("patient-view", patient_id(patients[0]), prefetch_for(patients[0]))
+    mutate(body)
+    response = post(f"{server}/cds-services/diagnosis-suggestions", body)
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith(field)
+
+
+def test_broken_json_unknown_service_and_huge_bodies(server: str) -> None:
+    bad = httpx.post(f"{server}/cds-services/diagnosis-suggestions", content=b"{not json",
+                     headers={"content-type": "application/json"})  # fmt: skip
+    assert bad.status_code == 400
+    assert httpx.post(f"{server}/cds-services/nope", json={}).status_code == 404
+    huge = httpx.post(f"{server}/cds-services/diagnosis-suggestions", content=b"x" * 21_000_000, timeout=60)
+    assert huge.status_code == 413
+    assert httpx.get(f"{server}/healthz").status_code == 200  # still up
+
+
+def test_hostile_bundles_degrade_instead_of_failing(server: str, patients: list[list[dict[str, Any]]]) -> None:
+    resources = patients[1]
+    prefetch = prefetch_for(resources)
+    prefetch["observations"] = {"resourceType": "OperationOutcome", "issue": []}  # EHR could not prefetch
+    prefetch["procedures"] = {"resourceType": "Bundle", "entry": [1, None, {"resource": "x"}, {"resource": {}}]}
+    prefetch["encounters"] = "garbage"
+    conditions = prefetch["conditions"]["entry"]
+    conditions.append({"resource": {"resourceType": "Condition", "id": "bad", "code": 5, "onsetDateTime": "x"}})
+    conditions.append({"resource": {"resourceType": "Condition", "id": "deep", "code": {"coding": [[[[{}]]]]}}})
+    request = hook_request("patient-view", patient_id(resources), prefetch)
+    response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+    assert response.status_code == 200
+    for card in response.json()["cards"]:
+        assert card_problems(card) == []
+
+
+def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Path, patients: list[Any]) -> None:
+    request = hook_request("patient-view", patient_id(patients[2]), prefetch_for(patients[2]))
+    cards = post(f"{server}/cds-services/diagnosis-suggestions", request).json()["cards"]
+    card = cards[0]
+    accepted = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z",
+                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}  # fmt: skip
+    url = f"{server}/cds-services/diagnosis-suggestions/feedback"
+    first = post(url, {"feedback": [accepted]}).json()
+    again = post(url, accepted).json()  # a single item, delivered twice
+    assert (first["stored"], again["stored"]) == (1, 0)
+    for example in ("feedback-accepted.json", "feedback-overridden-no-reason.json",
+                    "feedback-overridden-with-reason.json"):  # fmt: skip
+        assert post(url, load_example(example)).status_code == 200
+    bad = post(url, {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z"})
+    assert bad.status_code == 400 and "acceptedSuggestions" in bad.json()["detail"]
+
+    engine = create_engine(f"sqlite:///{data_dir / 'cds.sqlite3'}")
+    with engine.connect() as db:
+        rows = db.execute(text("SELECT known_card, accepted_suggestions FROM feedback_record WHERE card_id = :c"),
+                          {"c": card["uuid"]}).all()  # fmt: skip
+        audit = db.execute(text("SELECT service, model_version, card_ids FROM audit_record WHERE hook_instance = :h"),
+                           {"h": request["hookInstance"]}).one()  # fmt: skip
+    assert len(rows) == 1 and rows[0][0]
+    assert audit[0] == "diagnosis-suggestions" and audit[1].startswith("synthea-cpu-interim@")
+    assert set(json.loads(audit[2])) == {c["uuid"] for c in cards}
+
+
+def test_cors_preflight_allows_authorization(server: str) -> None:
+    response = httpx.options(
+        f"{server}/cds-services/diagnosis-suggestions",
+        headers={"Origin": "https://ehr.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"},  # fmt: skip
+    )
+    assert response.status_code == 200
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_openapi_documents_the_hook_endpoints(server: str) -> None:
+    spec = httpx.get(f"{server}/openapi.json").json()
+    post_op = spec["paths"]["/cds-services/{service_id}"]["post"]
+    assert "HookRequest" in json.dumps(post_op["requestBody"])
+    assert {"200", "400", "401", "412", "413"} <= set(post_op["responses"])
+
+
+def test_a_missed_deadline_still_answers_with_safety_cards(
+    tmp_path: Path, patients: list[list[dict[str, Any]]]
+) -> None:
+    found = [(r, d) for r in patients if (d := _interacting_draft(r)) is not None]
+    resources, (draft, _) = found[0]
+    settings = Settings(dev_mode=True, data_dir=tmp_path, deadline_ms=1, min_card_probability=0.0)
+    context = {"draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}}
+    request = hook_request("order-sign", patient_id(resources), prefetch_for(resources), extra_context=context)
+    with running_server(settings) as url:
+        response = post(f"{url}/cds-services/treatment-recommendations-order-sign", request)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert response.status_code == 200
+    topics = {c["source"]["topic"]["code"] for c in response.json()["cards"]}
+    assert topics == {"drug-interaction"}  # the model's cards missed the deadline, the safety card did not
+    assert re.search(r'cds_deadline_misses_total\{service="treatment-recommendations-order-sign"\} [1-9]', metrics)
