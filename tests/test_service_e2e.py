@@ -185,8 +185,10 @@ def test_order_select_with_an_interacting_draft_warns_and_offers_to_remove_it(
     found = [(r, d) for r in patients if (d := _interacting_draft(r)) is not None]
     assert found, "the seeded cohort has a patient on a drug from the interaction table"
     resources, (draft, active_ref) = found[0]
-    context = {"selections": ["MedicationRequest/draft-1"], "draftOrders": {"resourceType": "Bundle",
-               "entry": [{"resource": draft}]}}  # fmt: skip  (a Bundle with no type, as CDS clients send)
+    context = {
+        "selections": ["MedicationRequest/draft-1"],
+        "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]},
+    }  # fmt: skip  (a Bundle with no type, as CDS clients send)
     request = hook_request("order-select", patient_id(resources), prefetch_for(resources), extra_context=context)
     response = post(f"{server}/cds-services/treatment-recommendations", request)
     assert response.status_code == 200
@@ -313,8 +315,11 @@ def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Pa
 def test_cors_preflight_allows_authorization(server: str) -> None:
     response = httpx.options(
         f"{server}/cds-services/diagnosis-suggestions",
-        headers={"Origin": "https://ehr.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type"},  # fmt: skip
+        headers={
+            "Origin": "https://ehr.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },  # fmt: skip
     )
     assert response.status_code == 200
     assert "authorization" in response.headers["access-control-allow-headers"].lower()

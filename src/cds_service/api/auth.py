@@ -45,6 +45,7 @@ class ReplayCache:
     """`jti` values seen, until their token expires: Redis (shared by all replicas) or in process."""
 
     def __init__(self, redis_url: str | None) -> None:
+        self._url = redis_url
         self._redis = aioredis.from_url(redis_url) if redis_url else None
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -65,6 +66,7 @@ class ReplayCache:
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
+            self._redis = aioredis.from_url(self._url) if self._url else None  # usable again on a new loop
 
 
 class JwtVerifier:

@@ -92,7 +92,8 @@ class Store:
                         known_card=item.card in known,
                     )
                     .on_conflict_do_nothing()
+                    .returning(FeedbackRecord.id)  # a row id only when the item was new
                 )
-                if session.execute(statement).rowcount:  # type: ignore[attr-defined]
+                if session.execute(statement).scalar_one_or_none() is not None:
                     new.append(item)
         return new

@@ -1,0 +1,166 @@
+"""JWT verification of the CDS client, per CDS Hooks 2.0 (keys made here; replay cache in real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from joserfc import jwt
+from joserfc.jwk import ECKey, OctKey, RSAKey
+
+from cds_service.api.auth import JwtVerifier, ReplayCache
+from cds_service.errors import AuthError
+from cds_service.hooks.requests import hook_request
+from cds_service.settings import Settings
+from tests.conftest import SPEC_EXAMPLES, load_example
+from tests.servers import free_port, running_server
+
+ISS = "https://ehr.example.org/"
+AUD = "https://cds.example.org/cds-services/diagnosis-suggestions"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+EC = ECKey.generate_key("P-384", parameters={"kid": "ec"})
+RSA = RSAKey.generate_key(2048, parameters={"kid": "rsa"})
+JWKS = {"keys": [EC.as_dict(private=False), RSA.as_dict(private=False)]}
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"iss": ISS, "aud": AUD, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(payload: dict[str, Any], alg: str = "ES384", key: Any = EC) -> str:
+    return "Bearer " + jwt.encode({"alg": alg, "typ": "JWT", "kid": key.kid}, payload, key, algorithms=[alg])
+
+
+def verifier(redis_url: str | None = None, **settings: Any) -> JwtVerifier:
+    s = Settings(jwt_jwks={ISS: JWKS}, redis_url=redis_url, **settings)
+    return JwtVerifier(s, httpx.AsyncClient(), ReplayCache(redis_url))
+
+
+def verify(v: JwtVerifier, header: str | None, audiences: list[str] = [AUD]) -> dict[str, Any]:  # noqa: B006
+    async def run() -> dict[str, Any]:
+        try:
+            return await v.verify(header, audiences)
+        finally:
+            await v.replay.close()  # Redis connections belong to this event loop
+
+    return asyncio.run(run())
+
+
+def test_es384_and_rs384_tokens_are_accepted() -> None:
+    v = verifier()
+    assert verify(v, sign(claims()))["iss"] == ISS
+    assert verify(v, sign(claims(), "RS384", RSA))["iss"] == ISS
+
+
+def _unsigned(payload: dict[str, Any]) -> str:
+    import base64
+    import json
+
+    def part(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    return f"Bearer {part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
+
+
+def _tampered() -> str:
+    token = sign(claims())
+    head, payload, signature = token.split(".")
+    return f"{head}.{payload}.{signature[:-4]}AAAA"
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("expired", lambda: sign(claims(exp=int(time.time()) - 3600, iat=int(time.time()) - 3900))),
+        ("wrong audience", lambda: sign(claims(aud="https://other.example.org/cds-services/x"))),
+        ("unknown issuer", lambda: sign(claims(iss="https://evil.example.org/"))),
+        ("alg none", lambda: _unsigned(claims())),
+        ("HS256", lambda: sign(claims(), "HS256", OctKey.generate_key(256, parameters={"kid": "ec"}))),
+        ("tampered signature", _tampered),
+        ("no jti", lambda: sign(claims(jti=None))),
+        ("issued in the future", lambda: sign(claims(iat=int(time.time()) + 3600))),
+        ("not yet valid", lambda: sign(claims(nbf=int(time.time()) + 3600))),
+        ("no token", lambda: None),
+        ("garbage", lambda: "Bearer abc.def"),
+    ],
+)
+def test_bad_tokens_are_rejected(name: str, header: Any) -> None:
+    with pytest.raises(AuthError):
+        verify(verifier(), header())
+
+
+def test_the_spec_example_jwt_is_rejected_as_expired() -> None:
+    header = (
+        (SPEC_EXAMPLES / "jwt-authorization-header-example.txt").read_text().strip().removeprefix("Authorization: ")
+    )
+    payload = load_example("jwt-payload-example.json")
+    v = JwtVerifier(
+        Settings(
+            jwt_issuers={payload["iss"]: load_example("jwt-header-example.json")["jku"]},
+            jwt_jwks={payload["iss"]: load_example("jwks-public-example.json")},
+        ),
+        httpx.AsyncClient(),
+        ReplayCache(None),
+    )
+    with pytest.raises(AuthError, match="ExpiredToken"):
+        verify(v, header, [payload["aud"]])
+
+
+def test_a_jku_off_the_allow_list_is_rejected() -> None:
+    token = "Bearer " + jwt.encode({"alg": "ES384", "kid": "ec", "jku": "https://evil.example.org/jwks"}, claims(),
+                                   EC, algorithms=["ES384"])  # fmt: skip
+    with pytest.raises(AuthError, match="jku"):
+        verify(verifier(), token)
+
+
+@pytest.fixture()
+def clean_redis() -> Iterator[None]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield
+    client.flushdb()
+
+
+def test_in_process_replay_cache_rejects_the_second_use() -> None:
+    v = verifier()
+    token = sign(claims())
+    verify(v, token)
+    with pytest.raises(AuthError, match="replayed"):
+        verify(v, token)
+
+
+def test_redis_replay_cache_is_shared_between_replicas(clean_redis: None) -> None:
+    token = sign(claims())
+    verify(verifier(REDIS_URL), token)  # replica 1
+    with pytest.raises(AuthError, match="replayed"):
+        verify(verifier(REDIS_URL), token)  # replica 2 sees the same jti
+
+
+def test_the_server_answers_a_bare_401(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = Settings(data_dir=tmp_path, public_url=base, jwt_jwks={ISS: JWKS}, deadline_ms=20_000)
+    body = hook_request("patient-view", "p1", {"patient": {"resourceType": "Patient", "id": "p1"},
+                                               "conditions": {"resourceType": "Bundle", "type": "searchset"}})  # fmt: skip
+    good = sign(claims(aud=f"{base}/cds-services/diagnosis-suggestions"))
+    with running_server(settings, port) as url:
+        rejected = httpx.post(
+            f"{url}/cds-services/diagnosis-suggestions", json=body, headers={"Authorization": sign(claims())}
+        )
+        accepted = httpx.post(f"{url}/cds-services/diagnosis-suggestions", json=body, headers={"Authorization": good},
+                              timeout=60)  # fmt: skip
+        ready = httpx.get(f"{url}/readyz").json()
+    assert rejected.status_code == 401 and rejected.content == b""
+    assert accepted.status_code == 200
+    assert ready["auth"] == "jwt"
