@@ -118,8 +118,9 @@ def test_the_spec_example_jwt_is_rejected_as_expired() -> None:
 
 
 def test_a_jku_off_the_allow_list_is_rejected() -> None:
-    token = "Bearer " + jwt.encode({"alg": "ES384", "kid": "ec", "jku": "https://evil.example.org/jwks"}, claims(),
-                                   EC, algorithms=["ES384"])  # fmt: skip
+    token = "Bearer " + jwt.encode(
+        {"alg": "ES384", "kid": "ec", "jku": "https://evil.example.org/jwks"}, claims(), EC, algorithms=["ES384"]
+    )
     with pytest.raises(AuthError, match="jku"):
         verify(verifier(), token)
 
@@ -151,15 +152,22 @@ def test_the_server_answers_a_bare_401(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = Settings(data_dir=tmp_path, public_url=base, jwt_jwks={ISS: JWKS}, deadline_ms=20_000)
-    body = hook_request("patient-view", "p1", {"patient": {"resourceType": "Patient", "id": "p1"},
-                                               "conditions": {"resourceType": "Bundle", "type": "searchset"}})  # fmt: skip
+    body = hook_request(
+        "patient-view",
+        "p1",
+        {
+            "patient": {"resourceType": "Patient", "id": "p1"},
+            "conditions": {"resourceType": "Bundle", "type": "searchset"},
+        },
+    )
     good = sign(claims(aud=f"{base}/cds-services/diagnosis-suggestions"))
     with running_server(settings, port) as url:
         rejected = httpx.post(
             f"{url}/cds-services/diagnosis-suggestions", json=body, headers={"Authorization": sign(claims())}
         )
-        accepted = httpx.post(f"{url}/cds-services/diagnosis-suggestions", json=body, headers={"Authorization": good},
-                              timeout=60)  # fmt: skip
+        accepted = httpx.post(
+            f"{url}/cds-services/diagnosis-suggestions", json=body, headers={"Authorization": good}, timeout=60
+        )
         ready = httpx.get(f"{url}/readyz").json()
     assert rejected.status_code == 401 and rejected.content == b""
     assert accepted.status_code == 200

@@ -71,9 +71,10 @@ def _expected_labels(resources: list[dict[str, Any]]) -> dict[str, set[str]]:
     """New-onset disorder labels recomputed straight from the FHIR record, independently of the builder."""
     encounters = {r["id"]: r["period"]["start"] for r in resources if r["resourceType"] == "Encounter"}
     conditions = [
-        (encounters[ref_id(r["encounter"]["reference"])], r) for r in resources
+        (encounters[ref_id(r["encounter"]["reference"])], r)
+        for r in resources
         if r["resourceType"] == "Condition" and "encounter" in r
-    ]  # fmt: skip
+    ]
     seen: set[str] = set()
     expected: dict[str, set[str]] = {}
     for _, cond in sorted(conditions, key=lambda x: x[0]):
@@ -144,9 +145,18 @@ def _as_server_searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
     """The same record as a FHIR server would return it: relative references, absolute fullUrls."""
     types = {r["id"]: r["resourceType"] for r in resources}
     text = re.sub(r'"urn:uuid:([^"]+)"', lambda m: f'"{types.get(m[1], "Unknown")}/{m[1]}"', json.dumps(resources))
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}", "resource": r,
-         "search": {"mode": "match"}} for r in json.loads(text)]}  # fmt: skip
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "fullUrl": f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in json.loads(text)
+        ],
+    }
 
 
 def test_other_tools_bundles_build_the_same_dataset(synthea_fhir: Path, tmp_path: Path) -> None:
@@ -166,14 +176,38 @@ def test_cli_build_survives_broken_files(synthea_fhir: Path, tmp_path: Path) -> 
     (messy / "good.json").write_bytes(first.read_bytes())
     (messy / "empty.json").write_bytes(b"")
     (messy / "broken.json").write_text('{"resourceType": "Bundle", "entry": [')
-    (messy / "dstu2.json").write_text(json.dumps({"resourceType": "Bundle", "entry": [
-        {"resource": {"resourceType": "MedicationOrder", "id": "m"}},
-        {"resource": {"resourceType": "Spaceship", "id": "s"}}]}))  # fmt: skip
+    (messy / "dstu2.json").write_text(
+        json.dumps(
+            {
+                "resourceType": "Bundle",
+                "entry": [
+                    {"resource": {"resourceType": "MedicationOrder", "id": "m"}},
+                    {"resource": {"resourceType": "Spaceship", "id": "s"}},
+                ],
+            }
+        )
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "cds_service.cli", "data", "build", "--fhir", str(messy), "--out",
-         str(tmp_path / "ds"), "--min-label-count", "1", "--min-token-count", "1"],
-        capture_output=True, text=True, env={**os.environ, "CDS_LOG_LEVEL": "WARNING"}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cds_service.cli",
+            "data",
+            "build",
+            "--fhir",
+            str(messy),
+            "--out",
+            str(tmp_path / "ds"),
+            "--min-label-count",
+            "1",
+            "--min-token-count",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CDS_LOG_LEVEL": "WARNING"},
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = json.loads(result.stdout)
@@ -185,9 +219,21 @@ def test_cli_build_survives_broken_files(synthea_fhir: Path, tmp_path: Path) -> 
 
 def test_cli_build_missing_input_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cds_service.cli", "data", "build", "--fhir", str(tmp_path / "nope"), "--out",
-         str(tmp_path / "ds")], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cds_service.cli",
+            "data",
+            "build",
+            "--fhir",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "ds"),
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 2
     assert "no such file or directory" in result.stderr and "Traceback" not in result.stderr
 

@@ -35,10 +35,14 @@ def test_dstu2_medication_order_is_skipped_as_other_version() -> None:
 
 
 def test_unknown_resource_type_is_skipped(tmp_path: Path) -> None:
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Spaceship", "id": "x"}},
-        {"resource": {"resourceType": "Patient", "id": "p1", "unknownField": {"nested": True}}},
-    ]}  # fmt: skip
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Spaceship", "id": "x"}},
+            {"resource": {"resourceType": "Patient", "id": "p1", "unknownField": {"nested": True}}},
+        ],
+    }
     path = tmp_path / "b.json"
     path.write_text(json.dumps(bundle))
     resources, report = read_file(path)
@@ -67,14 +71,23 @@ def test_broken_files_give_a_named_warning(tmp_path: Path, name: str, content: b
 def test_malformed_resources_cost_only_themselves() -> None:
     resources = [
         {"resourceType": "Patient", "id": "p", "birthDate": "1970-01-01", "gender": "female"},
-        {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"},
-         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}]},
-         "onsetDateTime": "2020-01-01"},
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes"}]},
+            "onsetDateTime": "2020-01-01",
+        },
         {"resourceType": "Condition", "id": "c2", "code": "not-a-concept", "onsetDateTime": 5},
-        {"resourceType": "Observation", "id": "o1", "component": "oops", "effectiveDateTime": "2020-02-01",
-         "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]}},
+        {
+            "resourceType": "Observation",
+            "id": "o1",
+            "component": "oops",
+            "effectiveDateTime": "2020-02-01",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+        },
         {"resourceType": "MedicationRequest", "id": "m1", "authoredOn": "not a date"},
-    ]  # fmt: skip
+    ]
     builder = TimelineBuilder()
     timeline = builder.build("p", resources)
     assert [e.source for e in timeline.events] == ["Condition/c1"]

@@ -164,7 +164,7 @@ def test_412_when_data_is_neither_prefetched_nor_fetchable(server: str, patients
 def _interacting_draft(resources: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
     for drug in active_drugs(resources, set()):
         for ingredient in sorted(ingredients_of(drug.name)):
-            for pair, item in sorted(interaction_table().items(), key=lambda kv: sorted(kv[0])):
+            for pair, _item in sorted(interaction_table().items(), key=lambda kv: sorted(kv[0])):
                 if ingredient in pair:
                     partner = next(iter(pair - {ingredient}))
                     draft = {
@@ -188,7 +188,7 @@ def test_order_select_with_an_interacting_draft_warns_and_offers_to_remove_it(
     context = {
         "selections": ["MedicationRequest/draft-1"],
         "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]},
-    }  # fmt: skip  (a Bundle with no type, as CDS clients send)
+    }  # draftOrders: a Bundle with no type, as CDS clients send
     request = hook_request("order-select", patient_id(resources), prefetch_for(resources), extra_context=context)
     response = post(f"{server}/cds-services/treatment-recommendations", request)
     assert response.status_code == 200
@@ -203,13 +203,24 @@ def test_order_select_with_an_interacting_draft_warns_and_offers_to_remove_it(
 
 
 def _spec_request(name: str) -> tuple[str, dict[str, Any]]:
-    hook = next(h for h in ("patient-view", "encounter-start", "order-select", "order-sign", "appointment-book")
-                if h in name) if name.startswith("hook-") else ("order-sign" if "draftOrders" in name else "patient-view")  # fmt: skip
-    service = {"patient-view": "diagnosis-suggestions", "encounter-start": "diagnosis-suggestions-encounter-start",
-               "order-select": "treatment-recommendations", "order-sign": "treatment-recommendations-order-sign",
-               "appointment-book": "diagnosis-suggestions"}[hook]  # fmt: skip
-    body = {"hookInstance": str(uuid.uuid4()), "hook": hook, **load_example(name),
-            "prefetch": load_example("prefetch-data-example.json")["prefetch"]}  # fmt: skip
+    hooks = ("patient-view", "encounter-start", "order-select", "order-sign", "appointment-book")
+    if name.startswith("hook-"):
+        hook = next(h for h in hooks if h in name)
+    else:
+        hook = "order-sign" if "draftOrders" in name else "patient-view"
+    service = {
+        "patient-view": "diagnosis-suggestions",
+        "encounter-start": "diagnosis-suggestions-encounter-start",
+        "order-select": "treatment-recommendations",
+        "order-sign": "treatment-recommendations-order-sign",
+        "appointment-book": "diagnosis-suggestions",
+    }[hook]
+    body = {
+        "hookInstance": str(uuid.uuid4()),
+        "hook": hook,
+        **load_example(name),
+        "prefetch": load_example("prefetch-data-example.json")["prefetch"],
+    }
     return service, body
 
 
@@ -260,8 +271,11 @@ def test_malformed_requests_are_400_naming_the_field(
 
 
 def test_broken_json_unknown_service_and_huge_bodies(server: str) -> None:
-    bad = httpx.post(f"{server}/cds-services/diagnosis-suggestions", content=b"{not json",
-                     headers={"content-type": "application/json"})  # fmt: skip
+    bad = httpx.post(
+        f"{server}/cds-services/diagnosis-suggestions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 400
     assert httpx.post(f"{server}/cds-services/nope", json={}).status_code == 404
     huge = httpx.post(f"{server}/cds-services/diagnosis-suggestions", content=b"x" * 21_000_000, timeout=60)
@@ -289,24 +303,34 @@ def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Pa
     request = hook_request("patient-view", patient_id(patients[2]), prefetch_for(patients[2]))
     cards = post(f"{server}/cds-services/diagnosis-suggestions", request).json()["cards"]
     card = cards[0]
-    accepted = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z",
-                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}  # fmt: skip
+    accepted = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+    }
     url = f"{server}/cds-services/diagnosis-suggestions/feedback"
     first = post(url, {"feedback": [accepted]}).json()
     again = post(url, accepted).json()  # a single item, delivered twice
     assert (first["stored"], again["stored"]) == (1, 0)
-    for example in ("feedback-accepted.json", "feedback-overridden-no-reason.json",
-                    "feedback-overridden-with-reason.json"):  # fmt: skip
+    for example in (
+        "feedback-accepted.json",
+        "feedback-overridden-no-reason.json",
+        "feedback-overridden-with-reason.json",
+    ):
         assert post(url, load_example(example)).status_code == 200
     bad = post(url, {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z"})
     assert bad.status_code == 400 and "acceptedSuggestions" in bad.json()["detail"]
 
     engine = create_engine(f"sqlite:///{data_dir / 'cds.sqlite3'}")
     with engine.connect() as db:
-        rows = db.execute(text("SELECT known_card, accepted_suggestions FROM feedback_record WHERE card_id = :c"),
-                          {"c": card["uuid"]}).all()  # fmt: skip
-        audit = db.execute(text("SELECT service, model_version, card_ids FROM audit_record WHERE hook_instance = :h"),
-                           {"h": request["hookInstance"]}).one()  # fmt: skip
+        rows = db.execute(
+            text("SELECT known_card, accepted_suggestions FROM feedback_record WHERE card_id = :c"), {"c": card["uuid"]}
+        ).all()
+        audit = db.execute(
+            text("SELECT service, model_version, card_ids FROM audit_record WHERE hook_instance = :h"),
+            {"h": request["hookInstance"]},
+        ).one()
     assert len(rows) == 1 and rows[0][0]
     assert audit[0] == "diagnosis-suggestions" and audit[1].startswith("synthea-cpu-interim@")
     assert set(json.loads(audit[2])) == {c["uuid"] for c in cards}
@@ -319,7 +343,7 @@ def test_cors_preflight_allows_authorization(server: str) -> None:
             "Origin": "https://ehr.example",
             "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type",
-        },  # fmt: skip
+        },
     )
     assert response.status_code == 200
     assert "authorization" in response.headers["access-control-allow-headers"].lower()

@@ -26,7 +26,7 @@ def feedback(card: str) -> list[FeedbackItem]:
                 "outcomeTimestamp": "2026-11-23T10:00:00Z",
                 "acceptedSuggestions": [{"id": str(uuid.uuid4())}],
             }
-        ),  # fmt: skip
+        ),
         FeedbackItem.model_validate(
             {
                 "card": card,
@@ -34,7 +34,7 @@ def feedback(card: str) -> list[FeedbackItem]:
                 "outcomeTimestamp": "2026-11-23T10:05:00Z",
                 "overrideReason": {"reason": {"code": "will-monitor"}, "userComment": "ok"},
             }
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -46,9 +46,18 @@ def test_feedback_is_stored_once_per_item(backend: str, tmp_path: Path) -> None:
     migrate(engine)  # idempotent: a restart re-runs migrations
     store = Store(engine)
     card = str(uuid.uuid4())
-    store.write_audit(service="diagnosis-suggestions", hook="patient-view", hook_instance=str(uuid.uuid4()),
-                      patient_id="p1", model_version="m@1", status=200, outcome="ok", card_ids=[card],
-                      suggestion_ids=[], details={})  # fmt: skip
+    store.write_audit(
+        service="diagnosis-suggestions",
+        hook="patient-view",
+        hook_instance=str(uuid.uuid4()),
+        patient_id="p1",
+        model_version="m@1",
+        status=200,
+        outcome="ok",
+        card_ids=[card],
+        suggestion_ids=[],
+        details={},
+    )
     assert len(store.store_feedback("diagnosis-suggestions", feedback(card))) == 2
     assert store.store_feedback("diagnosis-suggestions", feedback(card)) == []  # redelivery
     with Session(engine) as session:

@@ -41,8 +41,15 @@ log = logging.getLogger("cds_service.api")
 class AppState:
     """Everything loaded once at start-up."""
 
-    def __init__(self, settings: Settings, backend: InferenceBackend | None, store: Store, http: httpx.AsyncClient,
-                 verifier: JwtVerifier, replay: ReplayCache) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        backend: InferenceBackend | None,
+        store: Store,
+        http: httpx.AsyncClient,
+        verifier: JwtVerifier,
+        replay: ReplayCache,
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.store = store
@@ -78,8 +85,10 @@ def _problem(status: int, message: str) -> JSONResponse:
 
 
 def _operation_outcome(status: int, code: str, message: str) -> JSONResponse:
-    outcome = {"resourceType": "OperationOutcome",
-               "issue": [{"severity": "error", "code": code, "diagnostics": message}]}  # fmt: skip
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": message}],
+    }
     return JSONResponse(outcome, status_code=status, media_type="application/fhir+json")
 
 
@@ -101,8 +110,9 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
         http = httpx.AsyncClient(follow_redirects=False)
         replay = ReplayCache(settings.redis_url)
         verifier = JwtVerifier(settings, http, replay)
-        app.state.cds = AppState(settings, chosen if not isinstance(chosen, str) else None, Store(engine), http,
-                                 verifier, replay)  # fmt: skip
+        app.state.cds = AppState(
+            settings, chosen if not isinstance(chosen, str) else None, Store(engine), http, verifier, replay
+        )
         if not settings.auth_enabled:
             log.warning("!!! DEVELOPMENT MODE: CDS client JWTs are NOT verified. Never expose this to an EHR. !!!")
         yield
@@ -175,8 +185,16 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
         elapsed = time.perf_counter() - started
         REQUEST_LATENCY.labels(service=service.id, hook=payload.hook).observe(elapsed)
         await _audit(cds, service, payload, status, answer)
-        log.info("%s %s hookInstance=%s status=%d cards=%d outcome=%s %.0f ms", service.id, payload.hook,
-                 payload.hookInstance, status, len(answer.cards), answer.outcome, elapsed * 1e3)  # fmt: skip
+        log.info(
+            "%s %s hookInstance=%s status=%d cards=%d outcome=%s %.0f ms",
+            service.id,
+            payload.hook,
+            payload.hookInstance,
+            status,
+            len(answer.cards),
+            answer.outcome,
+            elapsed * 1e3,
+        )
         return body
 
     async def _answer(cds: AppState, service: ServiceSpec, payload: HookRequest) -> tuple[int, Response, HookAnswer]:
@@ -221,9 +239,11 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
             log.error("audit record NOT written for hookInstance=%s: %s", payload.hookInstance, type(exc).__name__)
 
     feedback_schema = {
-        "oneOf": [FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
-                  FeedbackItem.model_json_schema(ref_template="#/components/schemas/{model}")]
-    }  # fmt: skip
+        "oneOf": [
+            FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+            FeedbackItem.model_json_schema(ref_template="#/components/schemas/{model}"),
+        ]
+    }
 
     @app.post(
         "/cds-services/{service_id}/feedback",

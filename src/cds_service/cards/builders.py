@@ -55,9 +55,13 @@ def diagnosis_card(
 
 
 def medication_card(
-    f: Finding, patient_id: str, encounter_id: str | None, requester: str | None, version: str | None,
+    f: Finding,
+    patient_id: str,
+    encounter_id: str | None,
+    requester: str | None,
+    version: str | None,
     card_url: str | None,
-) -> Card:  # fmt: skip
+) -> Card:
     request = proposed_medication_request(f.token, f.display, patient_id, encounter_id, requester)
     return Card(
         summary=summary(f"Consider {f.display} ({f.probability:.0%})"),

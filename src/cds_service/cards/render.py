@@ -27,8 +27,9 @@ def summary(text: str) -> str:
 
 def source(topic: str, model_version: str | None, model_card_url: str | None) -> Source:
     label = "cds-service" + (f" model {model_version.split('@')[0]}" if model_version else " safety rules")
-    return Source(label=label, url=model_card_url, topic=Coding(system=CARD_TOPIC_SYSTEM, code=topic,
-                                                                display=CARD_TOPICS[topic]))  # fmt: skip
+    return Source(
+        label=label, url=model_card_url, topic=Coding(system=CARD_TOPIC_SYSTEM, code=topic, display=CARD_TOPICS[topic])
+    )
 
 
 def override_reasons(codes: tuple[str, ...]) -> list[Coding]:

@@ -45,10 +45,22 @@ def patient_split(patient_id: str, seed: int) -> int:
 
 
 _COLUMNS = (
-    "patient_events", "patient_notes", "patient_birth", "patient_sex", "patient_split",
-    "event_time", "event_token", "event_kind", "event_value", "event_visit",
-    "note_time", "note_visit", "sample_patient", "sample_time", "sample_class",
-)  # fmt: skip
+    "patient_events",
+    "patient_notes",
+    "patient_birth",
+    "patient_sex",
+    "patient_split",
+    "event_time",
+    "event_token",
+    "event_kind",
+    "event_value",
+    "event_visit",
+    "note_time",
+    "note_visit",
+    "sample_patient",
+    "sample_time",
+    "sample_class",
+)
 
 
 @dataclass
@@ -211,9 +223,13 @@ def build_dataset(fhir_dirs: list[Path], out: Path, options: BuildOptions) -> di
         [[final.get(t, 1) for t in s] for s in c.sample_known]
     )
 
-    split_counts = {name: {"patients": int(sum(1 for s in cols["patient_split"] if s == i)),
-                           "samples": int(sum(1 for s in sample_split if s == i))}
-                    for i, name in enumerate(SPLITS)}  # fmt: skip
+    split_counts = {
+        name: {
+            "patients": int(sum(1 for s in cols["patient_split"] if s == i)),
+            "samples": int(sum(1 for s in sample_split if s == i)),
+        }
+        for i, name in enumerate(SPLITS)
+    }
     manifest: dict[str, Any] = {
         "generator": options.generator,
         "sources": [str(p) for p in fhir_dirs],

@@ -31,9 +31,21 @@ def synth_command(generator: Generator, patients: int, seed: int, out: Path, thr
         return ["synthea", "-p", str(patients), "-s", str(seed), "--threads", str(threads), "-o", str(out)]
     residents = max(10, math.ceil(patients / CLINOSIM_PATIENTS_PER_RESIDENT))
     return [
-        "clinosim", "simulate", "-o", str(out), "-p", str(residents), "-s", str(seed),
-        "--country", "US", "--format", "fhir-r4", "--end", "2025-12-31",
-    ]  # fmt: skip
+        "clinosim",
+        "simulate",
+        "-o",
+        str(out),
+        "-p",
+        str(residents),
+        "-s",
+        str(seed),
+        "--country",
+        "US",
+        "--format",
+        "fhir-r4",
+        "--end",
+        "2025-12-31",
+    ]
 
 
 def fhir_output_dir(generator: Generator, out: Path) -> Path:

@@ -104,9 +104,16 @@ class PerLabelBaseline:
         import lightgbm as lgb
 
         return lgb.LGBMClassifier(
-            n_estimators=150, learning_rate=0.05, num_leaves=15, min_child_samples=10,
-            subsample=0.8, subsample_freq=1, colsample_bytree=0.5, random_state=self.seed, verbose=-1,
-        )  # fmt: skip
+            n_estimators=150,
+            learning_rate=0.05,
+            num_leaves=15,
+            min_child_samples=10,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.5,
+            random_state=self.seed,
+            verbose=-1,
+        )
 
     def fit(self, x: sp.csr_matrix, y: npt.NDArray[np.float32]) -> PerLabelBaseline:
         self.prior = y.mean(0)

@@ -197,8 +197,11 @@ class HookDispatcher:
             answer.reasons.append("deadline")
             DEADLINE_MISSES.labels(service=service.id).inc()
             DEGRADED.labels(service=service.id, reason="deadline").inc()
-            log.warning("%s: model missed the %d ms deadline; answering without model cards", service.id,
-                        self.settings.deadline_ms)  # fmt: skip
+            log.warning(
+                "%s: model missed the %d ms deadline; answering without model cards",
+                service.id,
+                self.settings.deadline_ms,
+            )
             return None
         except Exception as exc:  # the EHR's workflow must never block on our model failing
             answer.reasons.append("model-error")

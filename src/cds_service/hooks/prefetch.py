@@ -23,8 +23,12 @@ from cds_service.hooks.services import PATIENT_PREFETCH, ServiceSpec
 log = logging.getLogger(__name__)
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
-USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "PractitionerRole",
-               "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}  # fmt: skip
+USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
 
 
 def render(template: str, context: dict[str, Any]) -> str | None:

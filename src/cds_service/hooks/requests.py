@@ -57,6 +57,11 @@ def hook_request(
     if fhir_server:
         request["fhirServer"] = fhir_server
         if access_token:
-            request["fhirAuthorization"] = {"access_token": access_token, "token_type": "Bearer", "expires_in": 300,
-                                            "scope": "user/*.read", "subject": "cds-service"}  # fmt: skip
+            request["fhirAuthorization"] = {
+                "access_token": access_token,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "user/*.read",
+                "subject": "cds-service",
+            }
     return request

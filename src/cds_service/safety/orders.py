@@ -15,8 +15,26 @@ from cds_service.fhir.elements import code_token
 from cds_service.safety.interactions import Interaction, ingredients_of, interactions_between
 
 ACTIVE_MED_STATUSES = {"active", "on-hold"}
-GENERIC_WORDS = {"allergy", "allergic", "to", "drug", "medication", "product", "substance", "intolerance",
-                 "oral", "tablet", "capsule", "injection", "solution", "and", "of", "the", "mg", "ml"}  # fmt: skip
+GENERIC_WORDS = {
+    "allergy",
+    "allergic",
+    "to",
+    "drug",
+    "medication",
+    "product",
+    "substance",
+    "intolerance",
+    "oral",
+    "tablet",
+    "capsule",
+    "injection",
+    "solution",
+    "and",
+    "of",
+    "the",
+    "mg",
+    "ml",
+}
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,9 @@ def _allergy_substances(allergy: dict[str, Any]) -> list[str]:
 def _allergy_active(allergy: dict[str, Any]) -> bool:
     status = allergy.get("clinicalStatus")
     codes = {c.get("code") for c in (status or {}).get("coding") or [] if isinstance(c, dict)}
-    verification = {c.get("code") for c in (allergy.get("verificationStatus") or {}).get("coding") or []
-                    if isinstance(c, dict)}  # fmt: skip
+    verification = {
+        c.get("code") for c in (allergy.get("verificationStatus") or {}).get("coding") or [] if isinstance(c, dict)
+    }
     return (not codes or "active" in codes) and "refuted" not in verification and "entered-in-error" not in verification
 
 
@@ -135,8 +154,11 @@ def check_allergies(drafts: list[Drug], resources: list[dict[str, Any]]) -> list
             for draft in drafts:
                 drug = set(re.findall(r"[a-z][a-z\-]{3,}", draft.name.lower()))
                 if words & drug:
-                    found.append(AllergyFinding(draft, f"AllergyIntolerance/{allergy.get('id')}", substance,
-                                                allergy.get("criticality")))  # fmt: skip
+                    found.append(
+                        AllergyFinding(
+                            draft, f"AllergyIntolerance/{allergy.get('id')}", substance, allergy.get("criticality")
+                        )
+                    )
     return list({(f.draft.reference, f.allergy): f for f in found}.values())
 
 

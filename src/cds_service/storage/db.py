@@ -65,8 +65,12 @@ class Store:
 
     def _known_cards(self, session: Session, service: str, card_ids: set[str]) -> set[str]:
         known: set[str] = set()
-        rows = session.execute(select(AuditRecord.card_ids).where(AuditRecord.service == service)
-                               .order_by(AuditRecord.id.desc()).limit(10_000))  # fmt: skip
+        rows = session.execute(
+            select(AuditRecord.card_ids)
+            .where(AuditRecord.service == service)
+            .order_by(AuditRecord.id.desc())
+            .limit(10_000)
+        )
         for (ids,) in rows:
             known.update(card_ids.intersection(ids))
             if known == card_ids:
