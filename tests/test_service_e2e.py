@@ -18,6 +18,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from sqlalchemy import create_engine, text
 
 from cds_service.cards.builders import EVIDENCE_EXTENSION
+from cds_service.fhir.profiles import conformance_resources, problems
 from cds_service.hooks.requests import hook_request, prefetch_for, searchset
 from cds_service.safety.interactions import ingredients_of, interaction_table
 from cds_service.safety.orders import active_drugs
@@ -27,6 +28,7 @@ from tests.conftest import SPEC_EXAMPLES, bundle_resources, load_example
 from tests.servers import free_port, running_server
 
 FHIR = "https://fhir.ehr.test/r4"
+PROFILE_OF = {r["type"]: r for r in conformance_resources().values() if r["resourceType"] == "StructureDefinition"}
 TOKEN = "secret-ehr-access-token-123"
 
 
@@ -73,6 +75,8 @@ def check_cards(cards: list[dict[str, Any]], resources: list[dict[str, Any]]) ->
                     kind = action["resource"]["resourceType"]
                     model = {"Condition": Condition, "MedicationRequest": MedicationRequest}[kind]
                     model.model_validate(action["resource"])  # parses as FHIR R4B
+                    sd = PROFILE_OF[kind]
+                    assert problems(action["resource"], sd) == []  # and conforms to our profile
         evidence = card.get("extension", {}).get(EVIDENCE_EXTENSION, {}).get("evidence", [])
         for item in evidence:
             assert item["reference"] in present, item["reference"]
