@@ -6,6 +6,7 @@ CdsError
 ├── DatasetError           a dataset directory is missing files or has an unknown format version
 ├── FhirFetchError         the EHR's FHIR server could not give us the data (hook answers 412 if needed)
 ├── PrefetchUnavailable    data a service needs is neither prefetched nor fetchable (412)
+├── DeadlineMissed         model work ran out of the request's time budget (answer without it)
 └── AuthError              the CDS client's JWT is missing or invalid (a bare 401)
 """
 
@@ -39,6 +40,10 @@ class PrefetchUnavailable(CdsError):
         super().__init__(f"required data unavailable: {', '.join(keys)} ({reason})")
         self.keys = keys
         self.reason = reason
+
+
+class DeadlineMissed(CdsError):
+    """Model work did not finish before the request's deadline (the answer goes out without it)."""
 
 
 class AuthError(CdsError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -34,6 +35,7 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _refuse(send, self.max_bytes)
             return
+        scope.setdefault("state", {})["received"] = time.monotonic()  # the request's deadline starts here
         # Read the whole body first (the app would anyway), so an oversized stream is refused cleanly.
         chunks: list[bytes] = []
         seen = 0

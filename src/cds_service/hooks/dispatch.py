@@ -23,12 +23,13 @@ from cds_service.cards.builders import (
     interaction_card,
     medication_card,
 )
+from cds_service.errors import DeadlineMissed
 from cds_service.fhir.client import FhirClient, entries
 from cds_service.fhir.elements import code_token
 from cds_service.hooks.models import CONTEXTS, Card, HookRequest, OrderSelectContext, OrderSignContext, PatientContext
 from cds_service.hooks.prefetch import PatientData, gather
 from cds_service.hooks.services import ServiceSpec
-from cds_service.inference.backend import DeadlineMissed, InferenceBackend
+from cds_service.inference.backend import InferenceBackend
 from cds_service.inference.jobs import ScoringJob, ScoringResult
 from cds_service.metrics import DEADLINE_MISSES, DEGRADED, MODEL_SECONDS
 from cds_service.safety.orders import (
@@ -105,8 +106,9 @@ class HookDispatcher:
         self.backend = backend
         self.http = http
 
-    async def handle(self, service: ServiceSpec, request: HookRequest) -> HookAnswer:
-        started = time.monotonic()
+    async def handle(self, service: ServiceSpec, request: HookRequest, received: float | None = None) -> HookAnswer:
+        """`received`: time.monotonic() when the request arrived; the deadline counts from there."""
+        started = received if received is not None else time.monotonic()
         deadline = started + self.settings.deadline_ms / 1000
         context = validate_context(request.hook, request.context)
         answer = HookAnswer(patient_id=context.patientId)

@@ -15,15 +15,12 @@ from typing import Protocol
 
 import torch
 
+from cds_service.errors import DeadlineMissed
 from cds_service.inference.jobs import ScoringJob, ScoringResult, run_job
 from cds_service.inference.predictor import Predictor
 from cds_service.inference.scoring import PatientScorer
 
 log = logging.getLogger(__name__)
-
-
-class DeadlineMissed(Exception):
-    """Scoring did not finish before the request's deadline."""
 
 
 class InferenceBackend(Protocol):
@@ -55,9 +52,7 @@ class InProcessBackend:
         return self.scorer.predictor.version
 
     def _run(self, job: ScoringJob, deadline: float) -> ScoringResult:
-        if time.monotonic() >= deadline:
-            raise DeadlineMissed("deadline passed while queued")
-        return run_job(self.scorer, job)
+        return run_job(self.scorer, job, deadline)
 
     async def score(self, job: ScoringJob, deadline: float) -> ScoringResult:
         remaining = deadline - time.monotonic()

@@ -12,6 +12,7 @@ Embedding ids per position: `input_ids` (codes / note pieces), `value_ids` (valu
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,7 @@ class History:
 def value_bin(value: float, edges: list[float] | None) -> int:
     if edges is None or value != value:  # NaN: no value
         return 0
-    return 1 + int(np.searchsorted(np.asarray(edges), value, side="right"))
+    return 1 + bisect.bisect_right(edges, value)  # == np.searchsorted(edges, value, "right"), without array setup
 
 
 def time_bucket(seconds_before: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:

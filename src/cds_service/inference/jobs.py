@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cds_service.errors import DeadlineMissed
 from cds_service.fhir.reader import ReadReport
 from cds_service.inference.scoring import Finding, PatientScorer
 from cds_service.safety.interactions import interactions_between
@@ -53,12 +54,25 @@ def _safe_drug(name: str, job: ScoringJob) -> bool:
     return not any(mine & drug_words(other) for other in job.avoid_drugs)
 
 
-def run_job(scorer: PatientScorer, job: ScoringJob) -> ScoringResult:
+def _check(deadline: float | None, stage: str) -> None:
+    # Cooperative cancellation: a thread cannot be interrupted, so stop between stages instead of
+    # spending CPU on an answer nobody will wait for.
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineMissed(f"deadline passed before {stage}")
+
+
+def run_job(scorer: PatientScorer, job: ScoringJob, deadline: float | None = None) -> ScoringResult:
+    """Score one job; `deadline` (time.monotonic) stops the work between stages once passed."""
+    _check(deadline, "featurisation")
     t0 = time.perf_counter()
     report = ReadReport()
     timeline = TimelineBuilder(report).build(job.patient_id, job.resources)
-    live = scorer.predictor.featurizer.featurize(timeline, job.cutoff, job.encounter_id, job.known_dx)
+    config = scorer.predictor.encode_config
+    live = scorer.predictor.featurizer.featurize(
+        timeline, job.cutoff, job.encounter_id, job.known_dx, config.max_notes if config.note_tokens else 0
+    )
     t1 = time.perf_counter()
+    _check(deadline, "the forward pass")
     scores = scorer.score(live)
     t2 = time.perf_counter()
     labels = scorer.predictor.labels[job.head]
@@ -76,6 +90,7 @@ def run_job(scorer: PatientScorer, job: ScoringJob) -> ScoringResult:
         if job.head == "medication" and not _safe_drug(str(meta.get("display", "")), job):
             continue
         chosen.append(label)
+    _check(deadline, "explanations")
     findings = scorer.explain(scores, job.head, chosen)
     t3 = time.perf_counter()
     timings = {"featurize": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "explain": (t3 - t2) * 1e3}

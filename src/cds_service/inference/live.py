@@ -42,6 +42,7 @@ class LiveFeaturizer:
         cutoff: float,
         encounter_id: str | None = None,
         known_dx: list[str] | None = None,
+        max_notes: int | None = None,
     ) -> LiveHistory:
         """Inputs strictly before `cutoff`, minus anything recorded at `encounter_id` (the current one)."""
         past = timeline.before(cutoff, exclude_encounter=encounter_id)
@@ -49,6 +50,8 @@ class LiveFeaturizer:
         visits = {eid: i for i, eid in enumerate(order)}
         events = past.events
         notes = [n for n in past.notes if n.text.strip()] if self.notes is not None else []
+        if max_notes is not None:  # only the most recent notes can enter the input: tokenise just those
+            notes = notes[max(0, len(notes) - max_notes) :] if max_notes else []
         tokens = np.asarray([self.token_id(e.token) for e in events], dtype=np.int64)
         bins = np.asarray(
             [

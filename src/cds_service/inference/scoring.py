@@ -79,7 +79,7 @@ class PatientScorer:
         return scores
 
     def explain(
-        self, scores: PatientScores, head: str, labels: list[int], top: int = 5, confirm: int = 3
+        self, scores: PatientScores, head: str, labels: list[int], top: int = 5, confirm: int = 2
     ) -> list[Finding]:
         """Findings for `labels` of `head`, each with its top evidence; the top `confirm` checked by deletion."""
         if not labels:
@@ -169,17 +169,22 @@ class PatientScorer:
 
     @torch.no_grad()
     def _confirm(self, scores: PatientScores, findings: list[Finding], confirm: int) -> None:
-        jobs = [(f, item) for f in findings for item in f.evidence[:confirm]]
-        if not jobs:
+        # One re-scored row per distinct source: deleting a source changes every label at once, and the
+        # same record is often top evidence for several findings.
+        sources = list(dict.fromkeys(item.source for f in findings for item in f.evidence[:confirm]))
+        if not sources:
             return
-        batch, known = self._batch(scores, len(jobs))
-        for row, (_, item) in enumerate(jobs):
-            for position in range(len(scores.positions)):
-                found = self._source_of(scores, position)
-                if found is not None and found[0] == item.source:
-                    batch["attention_mask"][row, position] = 0
+        row_of = {source: row for row, source in enumerate(sources)}
+        batch, known = self._batch(scores, len(sources))
+        for position in range(len(scores.positions)):
+            found = self._source_of(scores, position)
+            if found is not None and found[0] in row_of:
+                batch["attention_mask"][row_of[found[0]], position] = 0
         out = self.model(batch, known)
-        for row, (finding, item) in enumerate(jobs):
-            logits = out.dx_logits if finding.head == "diagnosis" else out.med_logits
-            without = float(self.predictor.calibrate(finding.head, logits[row : row + 1])[0, finding.label])
-            item.drop = finding.probability - without
+        without = {
+            "diagnosis": self.predictor.calibrate("diagnosis", out.dx_logits),
+            "medication": self.predictor.calibrate("medication", out.med_logits),
+        }
+        for finding in findings:
+            for item in finding.evidence[:confirm]:
+                item.drop = finding.probability - float(without[finding.head][row_of[item.source], finding.label])
