@@ -39,10 +39,11 @@ def test_auc_by_hand() -> None:
 
 def test_set_metrics_by_hand() -> None:
     pred = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=np.float32)
-    # jaccard: 1/2, 1/2, empty-vs-empty = 1, 1/2  => 5/8
-    assert jaccard(Y, pred) == pytest.approx(5 / 8)
-    # F1: 2*1/3, 2*1/3, 1, 2*1/3 => (2/3*3 + 1)/4 = 3/4
-    assert f1_samples(Y, pred) == pytest.approx(3 / 4)
+    # jaccard: 1/2, 1/2, (empty-vs-empty left out), 1/2  => 1/2
+    assert jaccard(Y, pred) == pytest.approx(1 / 2)
+    # F1: 2*1/3 on each of the three samples with a true or predicted set => 2/3
+    assert f1_samples(Y, pred) == pytest.approx(2 / 3)
+    assert np.isnan(jaccard(Y[2:3], pred[2:3]))
     interacting = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=np.float32)
     # only row 1 recommends a pair: (1, 2), which interacts -> 1 of 1
     assert ddi_rate(pred, interacting) == pytest.approx(1.0)

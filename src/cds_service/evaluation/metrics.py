@@ -64,16 +64,23 @@ def brier(y: Array, s: Array) -> float:
 
 
 def jaccard(y: Array, pred: Array) -> float:
-    """Mean per-sample Jaccard of predicted and true sets (both empty counts as 1)."""
+    """Mean per-sample Jaccard of predicted and true sets, over samples where either set is non-empty.
+
+    Samples with nothing ordered and nothing recommended are left out: counting them as perfect rewards
+    a system for staying silent on the (many) encounters without medications.
+    """
     inter = (y * pred).sum(1)
     union = ((y + pred) > 0).sum(1)
-    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    rows = union > 0
+    return float(np.mean(inter[rows] / union[rows])) if rows.any() else float("nan")
 
 
 def f1_samples(y: Array, pred: Array) -> float:
+    """Mean per-sample F1 over the same samples as `jaccard`."""
     inter = (y * pred).sum(1)
     denom = y.sum(1) + pred.sum(1)
-    return float(np.mean(np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)))
+    rows = denom > 0
+    return float(np.mean(2 * inter[rows] / denom[rows])) if rows.any() else float("nan")
 
 
 def ddi_rate(pred: Array, interacting: Array) -> float:
