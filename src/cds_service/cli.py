@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,6 +115,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from cds_service.workers.celery_app import app
+
+    settings = get_settings()
+    if not settings.redis_url:
+        print("error: a worker needs CDS_REDIS_URL (the broker)", file=sys.stderr)
+        return 2
+    argv = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency or settings.batch_max),
+            "-Q", settings.inference_queue, "--loglevel", settings.log_level, "-n", f"cds-{os.getpid()}@%h",
+            "--without-gossip", "--without-mingle"]  # fmt: skip
+    app.worker_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true", help="development mode: JWT verification OFF")
     serve.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     serve.set_defaults(func=_serve)
+
+    worker = commands.add_parser("worker", help="a Celery inference worker (one per GPU)")
+    worker.add_argument("--concurrency", type=int, default=None, help="tasks at once = largest micro-batch")
+    worker.set_defaults(func=_worker)
     return parser
 
 

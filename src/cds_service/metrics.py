@@ -19,3 +19,5 @@ HOOK_ERRORS = Counter("cds_hook_errors_total", "Hook requests answered with an e
 MODEL_SECONDS = Histogram("cds_model_seconds", "Model work per request, by stage", ["stage"], buckets=LATENCY_BUCKETS)
 FEEDBACK = Counter("cds_feedback_total", "Feedback items received (new, not repeats)", ["service", "outcome"])
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client JWTs, by reason", ["reason"])
+BATCH_SIZE = Histogram("cds_worker_batch_size", "Jobs per worker forward pass", buckets=(1, 2, 4, 8, 16, 32, 64))
+QUEUE_WAIT = Histogram("cds_queue_wait_seconds", "Time a job waited in the queue", buckets=LATENCY_BUCKETS)

@@ -45,11 +45,26 @@ class Settings(BaseSettings):
     )
     jwt_algorithms: list[str] = Field(["RS384", "ES384"], description="Accepted JWS algorithms (asymmetric only).")
     jwt_leeway_s: int = Field(60, description="Clock-skew leeway for exp/nbf/iat.")
-    redis_url: str | None = Field(None, description="Redis for the JWT replay cache (and, later, the queue).")
+    redis_url: str | None = Field(None, description="Redis: JWT replay cache, Celery broker and results, cache.")
+
+    # scale-out
+    inference_backend: str | None = Field(
+        None, description="inprocess | celery (default: celery when CDS_REDIS_URL is set, else inprocess)."
+    )
+    inference_queue: str = Field("cds-inference", description="Celery queue the GPU workers consume.")
+    fallback_inprocess: bool = Field(True, description="With celery: also load the model in the API, to fall back.")
+    batch_max: int = Field(16, description="Worker micro-batch: most jobs per forward pass.")
+    batch_wait_ms: float = Field(10.0, description="Worker micro-batch: longest wait for more jobs.")
+    max_waiting_requests: int = Field(128, description="With celery: requests that may wait on workers at once.")
+    cache_ttl_s: int = Field(600, description="Precomputed scores live this long in Redis.")
 
     @property
     def auth_enabled(self) -> bool:
         return not self.dev_mode
+
+    @property
+    def resolved_backend(self) -> str:
+        return self.inference_backend or ("celery" if self.redis_url else "inprocess")
 
     @property
     def resolved_model_dir(self) -> Path:
@@ -68,6 +83,10 @@ class Settings(BaseSettings):
         bad = [a for a in self.jwt_algorithms if not a.startswith(("RS", "ES", "PS"))]
         if bad:
             raise ValueError(f"jwt_algorithms: only asymmetric algorithms are allowed, not {bad}")
+        if self.inference_backend not in (None, "inprocess", "celery"):
+            raise ValueError("inference_backend: must be inprocess or celery")
+        if self.inference_backend == "celery" and not self.redis_url:
+            raise ValueError("inference_backend=celery needs CDS_REDIS_URL")
         return self
 
 

@@ -69,6 +69,20 @@ State = Annotated[AppState, Depends(_state)]
 
 
 def load_backend(settings: Settings) -> InferenceBackend | None:
+    if settings.resolved_backend == "celery":
+        from cds_service.inference.celery_backend import CeleryBackend
+
+        local = _load_inprocess(settings) if settings.fallback_inprocess else None
+        log.info(
+            "scoring on Celery workers (queue %s); in-process fallback: %s",
+            settings.inference_queue,
+            "yes" if local else "no",
+        )
+        return CeleryBackend(settings, local)
+    return _load_inprocess(settings)
+
+
+def _load_inprocess(settings: Settings) -> InProcessBackend | None:
     model_dir = settings.resolved_model_dir
     if not (model_dir / "model.safetensors").is_file():
         log.error("no model at %s: services answer with safety cards only", model_dir)

@@ -66,17 +66,29 @@ class PatientScorer:
         known[:, : len(scores.live.known_dx)] = torch.as_tensor(scores.live.known_dx, dtype=torch.int64)
         return batch, known.to(self.predictor.device)
 
-    @torch.no_grad()
     def score(self, live: LiveHistory) -> PatientScores:
-        features, positions = encode(live.history, self.predictor.space, self.predictor.encode_config)
-        scores = PatientScores(live, features, positions, {})
-        batch, known = self._batch(scores, 1)
-        out = self.model(batch, known)
-        scores.probabilities = {
-            "diagnosis": self.predictor.calibrate("diagnosis", out.dx_logits)[0].float().cpu().numpy(),
-            "medication": self.predictor.calibrate("medication", out.med_logits)[0].float().cpu().numpy(),
-        }
-        return scores
+        return self.score_many([live])[0]
+
+    @torch.no_grad()
+    def score_many(self, lives: list[LiveHistory]) -> list[PatientScores]:
+        """One padded forward pass for several patients (the worker's micro-batch)."""
+        out_scores = []
+        for live in lives:
+            features, positions = encode(live.history, self.predictor.space, self.predictor.encode_config)
+            out_scores.append(PatientScores(live, features, positions, {}))
+        device = self.predictor.device
+        batch = to_tensors(pad_batch([s.features for s in out_scores]), device)
+        width = max([len(live.known_dx) for live in lives] + [1])
+        known = torch.zeros((len(lives), width), dtype=torch.int64)
+        for row, live in enumerate(lives):
+            known[row, : len(live.known_dx)] = torch.as_tensor(live.known_dx, dtype=torch.int64)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = self.model(batch, known.to(device))
+        dx = self.predictor.calibrate("diagnosis", out.dx_logits.float()).cpu().numpy()
+        med = self.predictor.calibrate("medication", out.med_logits.float()).cpu().numpy()
+        for row, s in enumerate(out_scores):
+            s.probabilities = {"diagnosis": dx[row], "medication": med[row]}
+        return out_scores
 
     def explain(
         self, scores: PatientScores, head: str, labels: list[int], top: int = 5, confirm: int = 2

@@ -1,0 +1,145 @@
+"""Scale-out: real Redis (127.0.0.1:6379) and real worker processes started here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cds_service.errors import DeadlineMissed
+from cds_service.inference.backend import InProcessBackend
+from cds_service.inference.celery_backend import CeleryBackend
+from cds_service.inference.jobs import ScoringJob, ScoringResult
+from cds_service.settings import Settings
+from cds_service.workers.celery_app import heartbeat_key
+from tests.conftest import bundle_resources
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+DOWN_URL = "redis://127.0.0.1:6399/0"  # nothing listens here: Redis as seen when it is stopped
+
+
+def start_worker(queue: str, concurrency: int = 8) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, CDS_REDIS_URL=REDIS_URL, CDS_INFERENCE_QUEUE=queue, CDS_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "worker", "--concurrency", str(concurrency)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 90
+    while client.zcount(heartbeat_key(queue), time.time() - 2, "+inf") == 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("worker did not start")
+        time.sleep(0.2)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)  # no goodbye: its heartbeat simply goes stale
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def queue() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def worker(queue: str) -> Iterator[None]:
+    proc = start_worker(queue)
+    yield
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[InProcessBackend]:
+    backend = InProcessBackend.load(Settings().resolved_model_dir)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def jobs(synthea_fhir: Path) -> list[ScoringJob]:
+    out = []
+    for _, resources in bundle_resources(synthea_fhir):
+        pid = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+        out.append(ScoringJob("diagnosis", pid, resources, time.time(), max_findings=3))
+    return out
+
+
+def summary(result: ScoringResult) -> list[tuple[int, str, list[str]]]:
+    return [(f.label, f"{f.probability:.5f}", [e.source for e in f.evidence]) for f in result.findings]
+
+
+def run(coro: Any, backend: CeleryBackend | None = None) -> Any:
+    async def go() -> Any:
+        try:
+            return await coro
+        finally:
+            if backend is not None:
+                await backend.aclose()  # its connections belong to this event loop
+
+    return asyncio.run(go())
+
+
+def test_worker_results_equal_in_process_scoring(worker: None, queue: str, local: InProcessBackend,
+                                                 jobs: list[ScoringJob]) -> None:  # fmt: skip
+    backend = CeleryBackend(Settings(redis_url=REDIS_URL, inference_queue=queue), None)
+    for job in jobs[:3]:
+        remote = run(backend.score(job, time.monotonic() + 60), backend)
+        here = run(local.score(job, time.monotonic() + 60))
+        assert remote.model_version == here.model_version
+        assert summary(remote) == summary(here)
+
+
+def test_concurrent_requests_share_a_forward_pass(worker: None, queue: str, jobs: list[ScoringJob]) -> None:
+    backend = CeleryBackend(Settings(redis_url=REDIS_URL, inference_queue=queue), None)
+
+    async def many() -> list[ScoringResult]:
+        return await asyncio.gather(*(backend.score(job, time.monotonic() + 90) for job in jobs * 2))
+
+    results = run(many(), backend)
+    assert len(results) == 2 * len(jobs)
+    assert max(r.batch_size for r in results) > 1
+
+
+def test_killing_the_worker_mid_load_degrades_within_the_deadline(queue: str, local: InProcessBackend,
+                                                                  jobs: list[ScoringJob]) -> None:  # fmt: skip
+    own_queue = queue + "-kill"
+    proc = start_worker(own_queue)
+    backend = CeleryBackend(Settings(redis_url=REDIS_URL, inference_queue=own_queue), local)
+
+    async def load() -> list[Any]:
+        tasks = [asyncio.create_task(backend.score(job, time.monotonic() + 3.0)) for job in jobs * 2]
+        await asyncio.sleep(0.3)
+        stop(proc)  # mid-load
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    started = time.monotonic()
+    outcomes = run(load(), backend)
+    assert time.monotonic() - started < 3.0 + 1.5
+    assert all(isinstance(o, ScoringResult | DeadlineMissed) for o in outcomes), outcomes
+    # once its heartbeat is stale the next request falls back to in-process scoring, and gets a real answer
+    time.sleep(3.5)
+    result = run(backend.score(jobs[0], time.monotonic() + 30), backend)
+    assert summary(result) == summary(run(local.score(jobs[0], time.monotonic() + 30)))
+
+
+def test_redis_down_falls_back_or_gives_up_quickly(local: InProcessBackend, jobs: list[ScoringJob]) -> None:
+    settings = Settings(redis_url=DOWN_URL, inference_queue="nowhere")
+    started = time.monotonic()
+    down = CeleryBackend(settings, local)
+    result = run(down.score(jobs[0], time.monotonic() + 30), down)
+    assert summary(result) == summary(run(local.score(jobs[0], time.monotonic() + 30)))
+    with pytest.raises(DeadlineMissed):
+        alone = CeleryBackend(settings, None)
+        run(alone.score(jobs[0], time.monotonic() + 30), alone)
+    assert time.monotonic() - started < 10
