@@ -143,3 +143,12 @@ def test_redis_down_falls_back_or_gives_up_quickly(local: InProcessBackend, jobs
         alone = CeleryBackend(settings, None)
         run(alone.score(jobs[0], time.monotonic() + 30), alone)
     assert time.monotonic() - started < 10
+
+
+def test_bulk_scoring_fans_out_over_the_workers(worker: None, queue: str, synthea_fhir: Path, tmp_path: Path) -> None:
+    from cds_service.bulk import done_patients, score_bulk
+
+    backend = CeleryBackend(Settings(redis_url=REDIS_URL, inference_queue=queue), None)
+    counts = run(score_bulk(backend, synthea_fhir, tmp_path / "out", chunk_size=2, in_flight=3), backend)
+    assert counts == {"already_done": 0, "scored": 6, "failed": 0}
+    assert len(done_patients(tmp_path / "out")) == 6

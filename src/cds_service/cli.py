@@ -129,6 +129,29 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_bulk(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cds_service.api.app import load_backend
+    from cds_service.bulk import score_bulk
+
+    settings = get_settings()
+    backend = load_backend(settings)
+    if backend is None:
+        print("error: no model to score with", file=sys.stderr)
+        return 2
+    in_flight = args.in_flight or (4 if settings.resolved_backend == "celery" else 1)
+    try:
+        counts = asyncio.run(score_bulk(backend, args.fhir, args.out, args.chunk_size, in_flight))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        backend.close()
+    print(json.dumps(counts))
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true", help="development mode: JWT verification OFF")
     serve.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     serve.set_defaults(func=_serve)
+
+    bulk = commands.add_parser("score-bulk", help="score a bulk-export population into RiskAssessment NDJSON")
+    bulk.add_argument("--fhir", type=Path, required=True, help="bulk-export NDJSON (or Bundle) directory")
+    bulk.add_argument("--out", type=Path, required=True, help="RiskAssessment part-*.ndjson go here")
+    bulk.add_argument("--chunk-size", type=int, default=50)
+    bulk.add_argument("--in-flight", type=int, default=None, help="chunks scored at once (default 4 on celery)")
+    bulk.set_defaults(func=_score_bulk)
 
     worker = commands.add_parser("worker", help="a Celery inference worker (one per GPU)")
     worker.add_argument("--concurrency", type=int, default=None, help="tasks at once = largest micro-batch")
