@@ -20,9 +20,9 @@ from cds_service.timeline.builder import iter_patient_records
 
 def bulk(fhir: Path, out: Path, capture: bool = True) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "CDS_REDIS_URL"}  # in process: no Redis
-    return subprocess.Popen([sys.executable, "-m", "cds_service.cli", "score-bulk", "--fhir", str(fhir),
-                             "--out", str(out), "--chunk-size", "3"], env=env,
-                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    argv = [sys.executable, "-m", "cds_service.cli", "score-bulk", "--fhir", str(fhir), "--out", str(out)]
+    stdout = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([*argv, "--chunk-size", "3"], env=env, stdout=stdout, stderr=subprocess.DEVNULL)
 
 
 def test_killed_and_restarted_bulk_scoring_scores_everyone_exactly_once(clinosim_fhir: Path, tmp_path: Path) -> None:
