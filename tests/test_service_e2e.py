@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -375,3 +376,34 @@ def test_a_missed_deadline_still_answers_with_safety_cards(
     topics = {c["source"]["topic"]["code"] for c in response.json()["cards"]}
     assert topics == {"drug-interaction"}  # the model's cards missed the deadline, the safety card did not
     assert re.search(r'cds_deadline_misses_total\{service="treatment-recommendations-order-sign"\} [1-9]', metrics)
+
+
+def test_patient_view_precomputes_what_order_select_needs(server: str, patients: list[list[dict[str, Any]]]) -> None:
+    def metric(pattern: str) -> float:
+        found = re.search(pattern, httpx.get(f"{server}/metrics").text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    def cache_hits() -> float:
+        return metric(r'^cds_score_cache_total\{result="hit"\} ([0-9.e+]+)$')
+
+    def precomputed() -> float:
+        return metric(r"^cds_precomputed_total ([0-9.e+]+)$")
+
+    resources = patients[3]
+    prefetch = prefetch_for(resources)
+    done_before = precomputed()
+    post(f"{server}/cds-services/diagnosis-suggestions", hook_request("patient-view", patient_id(resources), prefetch))
+    deadline = time.monotonic() + 60
+    while precomputed() == done_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = cache_hits()
+    draft = {"resourceType": "MedicationRequest", "id": "d9", "status": "draft", "intent": "order",
+             "subject": {"reference": f"Patient/{patient_id(resources)}"},
+             "medicationCodeableConcept": {"text": "Sterile water 10 ML Injection"}}  # fmt: skip
+    context = {"selections": ["MedicationRequest/d9"], "draftOrders": {"resourceType": "Bundle",
+               "type": "collection", "entry": [{"resource": draft}]}}  # fmt: skip
+    request = hook_request("order-select", patient_id(resources), prefetch, extra_context=context)
+    response = post(f"{server}/cds-services/treatment-recommendations", request)
+    assert response.status_code == 200
+    check_cards(response.json()["cards"], resources)
+    assert cache_hits() == before + 1  # answered from what patient-view precomputed

@@ -21,3 +21,5 @@ FEEDBACK = Counter("cds_feedback_total", "Feedback items received (new, not repe
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client JWTs, by reason", ["reason"])
 BATCH_SIZE = Histogram("cds_worker_batch_size", "Jobs per worker forward pass", buckets=(1, 2, 4, 8, 16, 32, 64))
 QUEUE_WAIT = Histogram("cds_queue_wait_seconds", "Time a job waited in the queue", buckets=LATENCY_BUCKETS)
+CACHE_LOOKUPS = Counter("cds_score_cache_total", "Score cache lookups by hooks", ["result"])
+PRECOMPUTED = Counter("cds_precomputed_total", "Scores precomputed by patient-view for later order hooks")

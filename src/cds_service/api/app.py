@@ -31,6 +31,7 @@ from cds_service.hooks.dispatch import ContextError, HookAnswer, HookDispatcher
 from cds_service.hooks.models import CdsResponse, Discovery, FeedbackItem, FeedbackRequest, HookRequest, dump
 from cds_service.hooks.services import SERVICES, ServiceSpec, discovery
 from cds_service.inference.backend import InferenceBackend, InProcessBackend
+from cds_service.inference.cache import ScoreCache
 from cds_service.inference.jobs import ScoringJob
 from cds_service.metrics import CARDS_RETURNED, FEEDBACK, HOOK_ERRORS, REQUEST_LATENCY
 from cds_service.settings import Settings, get_settings
@@ -57,7 +58,8 @@ class AppState:
         self.http = http
         self.verifier = verifier
         self.replay = replay
-        self.dispatcher = HookDispatcher(settings, backend, http)
+        self.cache = ScoreCache(settings.redis_url, settings.cache_ttl_s)
+        self.dispatcher = HookDispatcher(settings, backend, http, self.cache)
 
 
 def _state(request: Request) -> AppState:
@@ -145,6 +147,7 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
             app.state.cds.backend.close()
         await http.aclose()
         await replay.close()
+        await app.state.cds.cache.close()
         engine.dispose()
 
     app = FastAPI(

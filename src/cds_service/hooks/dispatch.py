@@ -8,6 +8,7 @@ bad bundle: the only errors raised are a bad context (400) and unavailable requi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,19 +31,24 @@ from cds_service.hooks.models import CONTEXTS, Card, HookRequest, OrderSelectCon
 from cds_service.hooks.prefetch import PatientData, gather
 from cds_service.hooks.services import ServiceSpec
 from cds_service.inference.backend import InferenceBackend
+from cds_service.inference.cache import ScoreCache, job_key
 from cds_service.inference.jobs import ScoringJob, ScoringResult
-from cds_service.metrics import DEADLINE_MISSES, DEGRADED, MODEL_SECONDS
+from cds_service.inference.scoring import Finding
+from cds_service.metrics import CACHE_LOOKUPS, DEADLINE_MISSES, DEGRADED, MODEL_SECONDS, PRECOMPUTED
 from cds_service.safety.orders import (
     Drug,
     active_drugs,
     check_allergies,
     check_duplicates,
     check_interactions,
+    conflicts,
     drug_of,
 )
 from cds_service.settings import Settings
 
 log = logging.getLogger(__name__)
+MEDICATION_CANDIDATES = 4  # scored and explained per patient; the drafts then filter them
+PRECOMPUTE_DEADLINE_S = 30.0
 INVALID_CONDITION = {"entered-in-error", "refuted"}
 
 
@@ -101,10 +107,18 @@ def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None =
 
 
 class HookDispatcher:
-    def __init__(self, settings: Settings, backend: InferenceBackend | None, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: InferenceBackend | None,
+        http: httpx.AsyncClient,
+        cache: ScoreCache | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.http = http
+        self.cache = cache
+        self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, service: ServiceSpec, request: HookRequest, received: float | None = None) -> HookAnswer:
         """`received`: time.monotonic() when the request arrived; the deadline counts from there."""
@@ -123,15 +137,20 @@ class HookDispatcher:
             answer.reasons.append(f"data-{data.origin[key]}:{key}")
             DEGRADED.labels(service=service.id, reason=f"data-{data.origin[key]}").inc()
 
+        drafts: list[Drug] = []
         if service.kind == "treatment":
-            job = self._treatment(service, context, data, answer)
+            job, drafts = self._treatment(service, context, data, answer)
         else:
             job = self._diagnosis_job(context, data)
         answer.timings_ms["rules"] = (time.monotonic() - started) * 1e3 - answer.timings_ms["data"]
         result = await self._score(service, job, deadline, answer)
         if result is not None:
             answer.model_version = result.model_version
+            if service.kind == "treatment":
+                result.findings = self._against_drafts(result.findings, drafts)
             self._model_cards(service, context, result, answer)
+        if service.kind == "diagnosis":
+            self._precompute(self._medication_job(context, data))
         answer.timings_ms["total"] = (time.monotonic() - started) * 1e3
         return answer
 
@@ -149,7 +168,7 @@ class HookDispatcher:
 
     def _treatment(
         self, service: ServiceSpec, context: PatientContext, data: PatientData, answer: HookAnswer
-    ) -> ScoringJob:
+    ) -> tuple[ScoringJob, list[Drug]]:
         assert isinstance(context, OrderSignContext)  # validate_context guarantees it for order hooks
         draft_resources = entries(context.draftOrders)
         medications = {
@@ -172,7 +191,12 @@ class HookDispatcher:
                 answer.cards.append(interaction_card(f, url))
         answer.cards.extend(allergy_card(f, url) for f in check_allergies(focus, data.resources))
         answer.cards.extend(duplicate_card(f, url) for f in check_duplicates(focus, active))
-        avoid: list[Drug] = active + drafts
+        return self._medication_job(context, data), drafts
+
+    def _medication_job(self, context: PatientContext, data: PatientData) -> ScoringJob:
+        """Medication candidates given the record alone (not the drafts), so that the job patient-view
+        precomputes is the very job the order hooks look up; drafts filter the candidates afterwards."""
+        active = active_drugs(data.resources, exclude=set())
         return ScoringJob(
             head="medication",
             patient_id=context.patientId,
@@ -180,11 +204,40 @@ class HookDispatcher:
             cutoff=time.time(),
             encounter_id=context.encounterId,
             known_dx=condition_tokens(data.resources, context.encounterId) if context.encounterId else [],
-            exclude=[d.token for d in avoid if d.token],
-            avoid_drugs=[d.name for d in avoid],
-            max_findings=min(2, self.settings.max_cards),
+            exclude=[d.token for d in active if d.token],
+            avoid_drugs=[d.name for d in active],
+            max_findings=MEDICATION_CANDIDATES,
             min_probability=self.settings.min_card_probability,
         )
+
+    def _against_drafts(self, findings: list[Finding], drafts: list[Drug]) -> list[Finding]:
+        tokens = {d.token for d in drafts if d.token}
+        names = [d.name for d in drafts]
+        kept = [f for f in findings if f.token not in tokens and not conflicts(f.display, names)]
+        return kept[: min(2, self.settings.max_cards)]
+
+    def _precompute(self, job: ScoringJob) -> None:
+        """patient-view warms the cache for the order hooks that usually follow (fire and forget)."""
+        if self.backend is None or self.cache is None:
+            return
+
+        async def run() -> None:
+            backend, cache = self.backend, self.cache
+            assert backend is not None and cache is not None
+            key = job_key(job, backend.model_version)
+            if await cache.get(key) is not None:
+                return
+            try:
+                result = await backend.score(job, time.monotonic() + PRECOMPUTE_DEADLINE_S)
+            except Exception as exc:  # precompute is best effort
+                log.info("precompute skipped: %s", type(exc).__name__)
+                return
+            await cache.put(key, result)
+            PRECOMPUTED.inc()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _score(
         self, service: ServiceSpec, job: ScoringJob, deadline: float, answer: HookAnswer
@@ -193,6 +246,13 @@ class HookDispatcher:
             answer.reasons.append("no-model")
             DEGRADED.labels(service=service.id, reason="no-model").inc()
             return None
+        key = job_key(job, self.backend.model_version)
+        cached = await self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            CACHE_LOOKUPS.labels(result="hit").inc()
+            answer.timings_ms["model_cached"] = 1.0
+            return cached
+        CACHE_LOOKUPS.labels(result="miss").inc()
         try:
             result = await self.backend.score(job, deadline)
         except DeadlineMissed:
@@ -213,6 +273,8 @@ class HookDispatcher:
         for stage, ms in result.timings_ms.items():
             MODEL_SECONDS.labels(stage=stage).observe(ms / 1000)
             answer.timings_ms[f"model_{stage}"] = ms
+        if self.cache is not None:
+            await self.cache.put(key, result)
         return result
 
     def _model_cards(

@@ -16,8 +16,7 @@ from cds_service.errors import DeadlineMissed
 from cds_service.fhir.reader import ReadReport
 from cds_service.inference.live import LiveHistory
 from cds_service.inference.scoring import EvidenceItem, Finding, PatientScorer, PatientScores
-from cds_service.safety.interactions import interactions_between
-from cds_service.safety.orders import Drug, check_allergies, drug_words
+from cds_service.safety.orders import Drug, check_allergies, conflicts
 from cds_service.timeline.builder import TimelineBuilder
 
 
@@ -69,12 +68,9 @@ class ScoringResult:
 
 
 def _safe_drug(name: str, job: ScoringJob) -> bool:
-    if any(interactions_between(name, other) for other in job.avoid_drugs):
+    if conflicts(name, job.avoid_drugs):
         return False
-    if check_allergies([Drug("MedicationRequest/candidate", name, None)], job.resources):
-        return False
-    mine = drug_words(name)
-    return not any(mine & drug_words(other) for other in job.avoid_drugs)
+    return not check_allergies([Drug("MedicationRequest/candidate", name, None)], job.resources)
 
 
 def _check(deadline: float | None, stage: str) -> None:

@@ -173,3 +173,9 @@ def check_duplicates(drafts: list[Drug], active: list[Drug]) -> list[DuplicateFi
             if shared:
                 found.append(DuplicateFinding(draft, other, tuple(sorted(shared))))
     return found
+
+
+def conflicts(name: str, others: list[str]) -> bool:
+    """Whether a drug interacts with, or duplicates an ingredient of, any of `others` (by name)."""
+    mine = drug_words(name)
+    return any(interactions_between(name, other) or mine & drug_words(other) for other in others)
