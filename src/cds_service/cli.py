@@ -152,6 +152,16 @@ def _score_bulk(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _worker_health(_: argparse.Namespace) -> int:
+    from cds_service.workers.celery_app import worker_alive_here
+
+    try:
+        return 0 if worker_alive_here(get_settings()) else 1
+    except Exception as exc:  # a probe answers with its exit status only
+        print(f"unhealthy: {type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="a Celery inference worker (one per GPU)")
     worker.add_argument("--concurrency", type=int, default=None, help="tasks at once = largest micro-batch")
     worker.set_defaults(func=_worker)
+    health = commands.add_parser("worker-health", help="exit 0 if a worker on this host has a fresh heartbeat")
+    health.set_defaults(func=_worker_health)
     return parser
 
 

@@ -32,6 +32,14 @@ def heartbeat_key(queue: str) -> str:
     return HEARTBEAT_PREFIX + queue
 
 
+def worker_alive_here(settings: Settings, stale_s: float = 5.0) -> bool:
+    """Whether a worker on this host sent a heartbeat recently (the container's readiness/liveness)."""
+    client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0", socket_timeout=2.0)
+    prefix = f"{socket.gethostname()}:"
+    beats: list[tuple[bytes, float]] = client.zrange(heartbeat_key(settings.inference_queue), 0, -1, withscores=True)  # type: ignore[assignment]
+    return any(name.decode().startswith(prefix) and when > time.time() - stale_s for name, when in beats)
+
+
 def make_celery(settings: Settings) -> Celery:
     url = settings.redis_url or "redis://127.0.0.1:6379/0"
     app = Celery("cds_service", broker=url, backend=url)
