@@ -152,3 +152,67 @@ def test_bulk_scoring_fans_out_over_the_workers(worker: None, queue: str, synthe
     counts = run(score_bulk(backend, synthea_fhir, tmp_path / "out", chunk_size=2, in_flight=3), backend)
     assert counts == {"already_done": 0, "scored": 6, "failed": 0}
     assert len(done_patients(tmp_path / "out")) == 6
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis of this test's own, so that stopping it disturbs nothing else."""
+    from tests.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
+    own_redis: tuple[str, subprocess.Popen[bytes]], synthea_fhir: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from cds_service.hooks.requests import hook_request, prefetch_for
+    from tests.servers import running_server
+
+    url, redis_proc = own_redis
+    resources = next(iter(bundle_resources(synthea_fhir)))[1]
+    pid = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    body = hook_request("patient-view", pid, prefetch_for(resources))
+    env = dict(os.environ, CDS_REDIS_URL=url, CDS_INFERENCE_QUEUE="e2e", CDS_LOG_LEVEL="WARNING")
+    worker = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "worker", "--concurrency", "4"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis.from_url(url)
+    while client.zcount(heartbeat_key("e2e"), time.time() - 2, "+inf") == 0:
+        assert worker.poll() is None
+        time.sleep(0.2)
+    settings = Settings(dev_mode=True, data_dir=tmp_path, redis_url=url, inference_queue="e2e", deadline_ms=3000,
+                        min_card_probability=0.0, fallback_inprocess=False)  # fmt: skip
+    timings = []
+    with running_server(settings) as server:
+
+        def call() -> httpx.Response:
+            start = time.monotonic()
+            response = httpx.post(f"{server}/cds-services/diagnosis-suggestions", json=body, timeout=30)
+            timings.append(time.monotonic() - start)
+            return response
+
+        healthy = call()
+        assert healthy.status_code == 200 and healthy.json()["cards"]  # scored by the worker
+        stop(worker)
+        assert call().status_code == 200  # worker gone: safety-only answer inside the deadline
+        redis_proc.kill()
+        redis_proc.wait()
+        assert call().status_code == 200  # Redis gone too
+        metrics = httpx.get(f"{server}/metrics").text
+    assert max(timings[1:]) < 3.0 + 1.0
+    assert "cds_backend_fallbacks_total" in metrics
