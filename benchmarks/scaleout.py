@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,7 +132,7 @@ def main() -> None:
         population.mkdir()
         files = sorted(args.fhir.glob("*.json"))[: args.bulk_patients]
         for f in files:
-            shutil.copy(f, population / f.name)
+            (population / f.name).symlink_to(f.resolve())
         for n_workers in (1, 2):
             queue = f"bench-{uuid.uuid4().hex[:6]}"
             workers = start_workers(args.redis, queue, n_workers, 16)

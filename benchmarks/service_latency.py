@@ -36,9 +36,9 @@ from cds_service.settings import get_settings
 from cds_service.timeline.builder import TimelineBuilder
 
 
-def load_patients(fhir: Path) -> list[list[dict[str, Any]]]:
+def load_patients(fhir: Path, limit: int) -> list[list[dict[str, Any]]]:
     out = []
-    for path in sorted(fhir.glob("*.json")):
+    for path in sorted(fhir.glob("*.json"))[:limit]:
         resources = list(iter_file_resources(path, ReadReport()))
         if any(r.get("resourceType") == "Patient" for r in resources):
             out.append(resources)
@@ -94,9 +94,10 @@ def main() -> None:
     parser.add_argument("--fhir", type=Path, required=True, help="a Synthea FHIR directory (cds-service data synth)")
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--patients", type=int, default=200, help="patients read to pick typical and large ones")
     args = parser.parse_args()
 
-    patients = sorted(load_patients(args.fhir), key=len)
+    patients = sorted(load_patients(args.fhir, args.patients), key=len)
     typical = patients[len(patients) // 2]
     large = patients[-1]
     if len(large) < 5000:
