@@ -11,8 +11,10 @@ import gc
 import json
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -238,7 +240,10 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
             message = f"Prefetch data {', '.join(exc.keys)} missing and {exc.reason}"
             return 412, _operation_outcome(412, "not-found", message), HookAnswer(reasons=["unavailable"])
         except Exception as exc:  # never block the EHR: an empty answer, counted and logged
-            log.exception("%s: unexpected %s; answering with no cards", service.id, type(exc).__name__)
+            # Type and place only: exception messages can quote patient data, and logs carry no PHI.
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            place = f"{Path(where.filename).name}:{where.lineno}" if where else "?"
+            log.error("%s: unexpected %s at %s; answering with no cards", service.id, type(exc).__name__, place)
             answer = HookAnswer(reasons=["internal-error"])
         for card in answer.cards:
             CARDS_RETURNED.labels(service=service.id, topic=card.source.topic.code if card.source.topic else "").inc()

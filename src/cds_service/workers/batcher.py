@@ -54,7 +54,7 @@ class MicroBatcher:
             try:
                 outcomes = run_jobs(self.scorer, jobs, [job.monotonic_deadline() for job in jobs])
             except Exception as exc:  # one bad batch must not kill the worker's batcher
-                log.exception("batch of %d failed", len(batch))
+                log.error("batch of %d failed: %s", len(batch), type(exc).__name__)  # no message: it may hold PHI
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
