@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=64)
     parser.add_argument("--bulk-patients", type=int, default=1000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--bulk-workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--bulk-only", action="store_true", help="skip the backend and batching cells")
     args = parser.parse_args()
 
     records: list[tuple[str, list[dict[str, Any]]]] = []
@@ -97,6 +99,12 @@ def main() -> None:
         if len(records) >= 16:
             break
     jobs = [ScoringJob("diagnosis", *records[i % len(records)], cutoff=time.time()) for i in range(args.jobs)]
+    if not args.bulk_only:
+        backend_cells(args, jobs, records)
+    bulk_cells(args)
+
+
+def backend_cells(args: argparse.Namespace, jobs: list[ScoringJob], records: list[Any]) -> None:
     settings = Settings()
     local = InProcessBackend.load(settings.resolved_model_dir)
 
@@ -126,6 +134,10 @@ def main() -> None:
         finally:
             stop_workers(workers)
     print(f"batched / unbatched worker throughput: {rates['batched (conc 16)'] / rates['unbatched (conc 1)']:.2f}")
+    local.close()
+
+
+def bulk_cells(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         population = Path(tmp) / "population"
@@ -133,7 +145,7 @@ def main() -> None:
         files = sorted(args.fhir.glob("*.json"))[: args.bulk_patients]
         for f in files:
             (population / f.name).symlink_to(f.resolve())
-        for n_workers in (1, 2):
+        for n_workers in args.bulk_workers:
             queue = f"bench-{uuid.uuid4().hex[:6]}"
             workers = start_workers(args.redis, queue, n_workers, 16)
             backend = CeleryBackend(Settings(redis_url=args.redis, inference_queue=queue), None)
@@ -145,7 +157,6 @@ def main() -> None:
                       f"{counts['scored'] / elapsed:.2f} patients/s")  # fmt: skip
             finally:
                 stop_workers(workers)
-    local.close()
 
 
 if __name__ == "__main__":

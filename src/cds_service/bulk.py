@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PART_GLOB = "part-*.ndjson"
 JOB_TIMEOUT_S = 600.0
 MAX_PREDICTIONS = 10
+ATTEMPTS = 3
 
 
 def done_patients(out: Path) -> set[str]:
@@ -102,8 +103,15 @@ async def _score_chunk(
 ) -> list[dict[str, Any]]:
     async def one(patient_id: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
         job = ScoringJob("diagnosis", patient_id, resources, cutoff, max_findings=MAX_PREDICTIONS)
-        result = await backend.score(job, time.monotonic() + JOB_TIMEOUT_S)
-        return risk_assessment(patient_id, result, when)
+        for attempt in range(1, ATTEMPTS + 1):  # a transient Redis or worker failure costs a retry, not the chunk
+            try:
+                result = await backend.score(job, time.monotonic() + JOB_TIMEOUT_S)
+                return risk_assessment(patient_id, result, when)
+            except DeadlineMissed:
+                if attempt == ATTEMPTS:
+                    raise
+                await asyncio.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
 
     return list(await asyncio.gather(*(one(p, r) for p, r in chunk)))
 

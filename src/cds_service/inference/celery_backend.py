@@ -43,11 +43,16 @@ class CeleryBackend:
         self._waiters = ThreadPoolExecutor(max_workers=settings.max_waiting_requests, thread_name_prefix="celery-wait")
         self._redis = redis.Redis.from_url(settings.redis_url or "", socket_timeout=0.5, socket_connect_timeout=0.5)
 
-    async def _blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # Celery's client is blocking: each waiting request holds a thread. The loop's default executor
-        # has only cpu+4 threads, which would queue requests behind each other past their deadlines.
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._waiters, call)
+    async def _blocking(self, deadline: float, fn: Any, *args: Any) -> Any:
+        # Celery's client is blocking: each call holds a thread. The loop's default executor has only
+        # cpu+4 threads, which would queue requests behind each other past their deadlines; and a slow
+        # Redis must not hold the request past its deadline either.
+        call = functools.partial(fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._waiters, call)
+        try:
+            return await asyncio.wait_for(future, timeout=max(deadline - time.monotonic(), 0.001))
+        except TimeoutError as exc:
+            raise DeadlineMissed("Redis too slow for the deadline") from exc
 
     @property
     def model_version(self) -> str | None:
@@ -92,14 +97,14 @@ class CeleryBackend:
             raise DeadlineMissed("no time left for scoring")
         job.deadline_at = time.time() + remaining
         try:
-            alive = await self._blocking(self._workers_alive)
+            alive = await self._blocking(deadline, self._workers_alive)
         except redis.RedisError:
             return await self._fall_back(job, deadline, "redis-down")
         if not alive:
             return await self._fall_back(job, deadline, "no-worker")
         reply_to = f"cds:reply:{uuid.uuid4().hex}"
         try:
-            await self._blocking(self._send, job, remaining, reply_to)
+            await self._blocking(deadline, self._send, job, remaining, reply_to)
         except (OperationalError, redis.RedisError, OSError):
             return await self._fall_back(job, deadline, "redis-down")
         wait = deadline - time.monotonic()
