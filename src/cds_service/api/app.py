@@ -181,6 +181,18 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
         audiences = [f"{base}/cds-services/{service_id}", f"{base}{request.url.path}"]
         await cds.verifier.verify(request.headers.get("authorization"), audiences)
 
+    async def admit(service_id: str, request: Request, cds: AppState) -> ServiceSpec | Response:
+        """The service called, or the 404/401 answer (the body of a 401 is empty, as the spec asks)."""
+        service = SERVICES.get(service_id)
+        if service is None:
+            return _problem(404, f"no CDS service named {service_id!r}")
+        try:
+            await authorize(request, cds, service_id)
+        except AuthError:
+            HOOK_ERRORS.labels(service=service.id, status="401").inc()
+            return Response(status_code=401)
+        return service
+
     @app.get("/cds-services", response_model=Discovery, response_model_exclude_none=True, tags=["CDS Hooks"])
     async def discover() -> dict[str, Any]:
         return dump(discovery())
@@ -200,14 +212,9 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
     )
     async def call_service(service_id: str, payload: HookRequest, request: Request, cds: State) -> Response:
         started = time.perf_counter()
-        service = SERVICES.get(service_id)
-        if service is None:
-            return _problem(404, f"no CDS service named {service_id!r}")
-        try:
-            await authorize(request, cds, service_id)
-        except AuthError:
-            HOOK_ERRORS.labels(service=service.id, status="401").inc()
-            return Response(status_code=401)
+        service = await admit(service_id, request, cds)
+        if isinstance(service, Response):
+            return service
         if payload.hook != service.hook:
             HOOK_ERRORS.labels(service=service.id, status="400").inc()
             return _problem(400, f"hook: service {service.id!r} answers {service.hook!r}, not {payload.hook!r}")
@@ -291,13 +298,9 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | str
         },
     )
     async def feedback(service_id: str, request: Request, cds: State) -> Response:
-        service = SERVICES.get(service_id)
-        if service is None:
-            return _problem(404, f"no CDS service named {service_id!r}")
-        try:
-            await authorize(request, cds, service_id)
-        except AuthError:
-            return Response(status_code=401)
+        service = await admit(service_id, request, cds)
+        if isinstance(service, Response):
+            return service
         try:
             raw = json.loads(await request.body())
         except ValueError:
