@@ -55,6 +55,22 @@ class PatientScores:
     probabilities: dict[str, npt.NDArray[np.float32]]
 
 
+def snap_to_words(passage: str, text: str) -> str:
+    """The passage as it stands in the note, widened to whole words, with an ellipsis where it is cut.
+
+    Pieces decode to the model's view of the text, which can start or end inside a word."""
+    flat = " ".join(text.split())
+    at = flat.find(" ".join(passage.split()))
+    if at < 0:
+        return passage
+    end = at + len(" ".join(passage.split()))
+    start = flat.rfind(" ", 0, at) + 1 if at > 0 and flat[at - 1] != " " else at
+    if end < len(flat) and flat[end] != " ":
+        space = flat.find(" ", end)
+        end = len(flat) if space < 0 else space
+    return ("…" if start > 0 else "") + flat[start:end] + ("…" if end < len(flat) else "")
+
+
 class PatientScorer:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -177,6 +193,9 @@ class PatientScorer:
         start = int(np.argmax(sums))
         ids = scores.features["input_ids"][positions[start : start + window]] - self.predictor.space.note_offset
         text = tokenizer.decode([int(i) for i in ids]).strip()
+        note = self._source_of(scores, positions[0])
+        if text and note is not None and isinstance(note[1], Note):
+            text = snap_to_words(text, note[1].text)
         return text or None
 
     @torch.no_grad()
