@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import (
     brier,
     ddi_rate,
@@ -55,3 +56,25 @@ def test_calibration_by_hand() -> None:
     # two bins, each mean prediction off its event rate (0.5) by 0.25
     assert ece(y, s) == pytest.approx(0.25)
     assert brier(y, s) == pytest.approx((0.0625 + 0.5625 + 0.5625 + 0.0625) / 4)
+
+
+def test_weighted_bootstrap_equals_duplicated_rows() -> None:
+    """A resample as weights gives exactly the metrics of its duplicated rows (ties included)."""
+    rng = np.random.default_rng(5)
+    y = (rng.random((60, 6)) < 0.2).astype(np.float32)
+    p = np.round(rng.random((60, 6)), 1).astype(np.float32)  # rounded: many ties
+    pred = (p >= 0.6).astype(np.float32)
+    interacting = np.zeros((6, 6), dtype=np.float32)
+    interacting[0, 1] = interacting[1, 0] = 1.0
+    weighted = WeightedMetrics(y, p, pred, interacting)
+    patients = np.repeat(np.arange(20), 3)
+    for weights in patient_weights(patients, 4, seed=1):
+        rows = np.repeat(np.arange(60), weights.astype(int))
+        got = weighted.at(weights)
+        assert got["micro_auroc"] == pytest.approx(micro_auroc(y[rows], p[rows]))
+        assert got["macro_auprc"] == pytest.approx(macro_auprc(y[rows], p[rows]))
+        assert got["recall@1"] == pytest.approx(recall_at_k(y[rows], p[rows], 1))
+        assert got["recall@5"] == pytest.approx(recall_at_k(y[rows], p[rows], 5))
+        assert got["ece"] == pytest.approx(ece(y[rows], p[rows]))
+        assert got["jaccard"] == pytest.approx(jaccard(y[rows], pred[rows]))
+        assert got["ddi_rate"] == pytest.approx(ddi_rate(pred[rows], interacting))

@@ -6,10 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cds_service.data.dataset import load_dataset
-from cds_service.evaluation.metrics import micro_auprc
-from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset
+from cds_service.evaluation.metrics import macro_auprc, micro_auprc, recall_at_k
+from cds_service.evaluation.report import evaluate, fit_baselines, split_samples, write_report
+from cds_service.inference.featurize import (
+    EncodeConfig,
+    TokenSpace,
+    WideSpace,
+    encode,
+    history_from_dataset,
+    wide_event_contributions,
+    wide_features,
+)
 from cds_service.inference.predictor import Predictor
 from cds_service.inference.training import TrainOptions, train
 
@@ -56,3 +66,77 @@ def test_encoding_keeps_only_history_before_the_cutoff(synthea_dataset: Path) ->
         assert kept == sorted(kept)  # oldest to newest, most recent kept
         if kept:
             assert kept[-1] == len(h.event_time) - 1 or h.event_kind[-1] == 4  # newest event kept (or collapsed lab)
+
+
+@pytest.fixture(scope="module")
+def wide_model(synthea_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tiny-wide"
+    opts = TrainOptions(profile="tiny", epochs=6, patience=6, lr=3e-3, wide=True, unlabelled_fraction=0.5)
+    train(load_dataset(synthea_dataset), out, opts)
+    return out
+
+
+def test_wide_model_learns_and_reloads(synthea_dataset: Path, wide_model: Path) -> None:
+    ds = load_dataset(synthea_dataset)
+    rows = np.flatnonzero(ds.sample_split() == 0)
+    predictor = Predictor(wide_model)
+    assert predictor.model.wide is not None and predictor.encode_config.wide
+    scores = predictor.score_dataset(ds, rows)
+    for head, p in (("med", scores.medication), ("dx", scores.diagnosis)):
+        y = ds.label_matrix(head)[rows]
+        prior = np.tile(y.mean(0), (len(y), 1))
+        assert micro_auprc(y, p) > 2 * micro_auprc(y, prior), (head, micro_auprc(y, p), micro_auprc(y, prior))
+    again = Predictor(wide_model).score_dataset(ds, rows[:30])
+    np.testing.assert_array_equal(again.diagnosis, scores.diagnosis[:30])
+
+
+def test_wide_evidence_shares_add_up_to_the_wide_logit(synthea_dataset: Path, wide_model: Path) -> None:
+    """Per-event shares of the wide branch plus its non-code columns are exactly its logit."""
+    ds = load_dataset(synthea_dataset)
+    predictor = Predictor(wide_model)
+    assert predictor.model.wide is not None
+    wide = WideSpace(predictor.space.n_codes, tuple(predictor.encode_config.encounter_classes))
+    weights = predictor.model.wide.weight.detach().numpy()
+    bias = predictor.model.wide_bias.detach().numpy()
+    checked = 0
+    for sample in range(0, len(ds.arrays["sample_patient"]), 40):
+        h = history_from_dataset(ds, sample)
+        features, _ = encode(h, predictor.space, predictor.encode_config)
+        batch = {k: torch.from_numpy(v[None]) for k, v in features.items()}
+        with torch.no_grad():
+            logits = predictor.model.wide_logits(batch)
+        assert logits is not None
+        for label in (0, len(bias) - 1):
+            column = np.zeros(wide.size, dtype=np.float32)
+            column[features["wide_ids"]] = weights[features["wide_ids"], label] * features["wide_values"]
+            per_event = wide_event_contributions(h, wide, column)
+            rest = column[wide.age_column :].sum()
+            assert per_event.sum() + rest + bias[label] == pytest.approx(float(logits[0, label]), abs=1e-3)
+        # deleting events removes exactly their counts
+        ids, values = wide_features(h, wide, np.arange(len(h.event_token)))
+        assert (ids >= wide.age_column).all() and len(values) == len(ids)
+        checked += 1
+    assert checked
+
+
+def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, tmp_path: Path) -> None:
+    ds = load_dataset(synthea_dataset)
+    predictor = Predictor(wide_model)
+    train_idx, test_idx = split_samples(ds, ds, None, None, seed=3)
+    cached = fit_baselines(ds, ds, train_idx, test_idx, seed=3)
+    report = evaluate(predictor, ds, ds, n_boot=5, seed=3, baselines=cached)
+    for head, short in (("diagnosis", "dx"), ("medication", "med")):
+        assert set(report[head]) >= {"transformer", "logistic_regression", "lightgbm", "prior", "paired_difference"}
+        # the report's figures are the metrics of the scores themselves
+        y = ds.label_matrix(short)[test_idx]
+        p = getattr(predictor.score_dataset(ds, test_idx), head)
+        assert report[head]["transformer"]["macro_auprc"] == pytest.approx(macro_auprc(y, p))
+        assert report[head]["transformer"]["recall@5"] == pytest.approx(recall_at_k(y, p, 5))
+    assert isinstance(report["verdict"]["all_passed"], bool)
+    assert all(isinstance(c["passed"], bool) for c in report["verdict"]["checks"].values())
+    # the same seed without the cache refits identical baselines
+    again = evaluate(predictor, ds, ds, n_boot=5, seed=3)
+    assert again["diagnosis"]["lightgbm"]["macro_auprc"] == report["diagnosis"]["lightgbm"]["macro_auprc"]
+    write_report(report, tmp_path / "report.json")
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Verdict" in markdown and (tmp_path / "report.png").is_file()

@@ -337,7 +337,7 @@ def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Pa
             {"h": request["hookInstance"]},
         ).one()
     assert len(rows) == 1 and rows[0][0]
-    assert audit[0] == "diagnosis-suggestions" and audit[1].startswith("synthea-cpu-interim@")
+    assert audit[0] == "diagnosis-suggestions" and audit[1].startswith("synthea-cpu@")
     assert set(json.loads(audit[2])) == {c["uuid"] for c in cards}
 
 

@@ -65,6 +65,10 @@ def _train(args: argparse.Namespace) -> int:
         use_notes=not args.no_notes,
         unlabelled_fraction=args.unlabelled_fraction,
         max_val_samples=args.max_val_samples,
+        max_len=args.max_len,
+        note_tokens=args.note_tokens,
+        wide=args.wide,
+        max_steps=args.max_steps,
     )
     summary = train(load_dataset(args.data), args.out, opts)
     print(json.dumps(summary, indent=2))
@@ -72,11 +76,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from cds_service.data.dataset import load_dataset
     from cds_service.evaluation.report import evaluate, write_report
     from cds_service.inference.predictor import Predictor
 
     codes_only = Predictor(args.codes_only_model) if args.codes_only_model else None
+    baselines = None
+    if args.baselines is not None:
+        with np.load(args.baselines) as cached:
+            baselines = {k: cached[k] for k in cached.files}
     report = evaluate(
         Predictor(args.model),
         load_dataset(args.train_data),
@@ -86,9 +96,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         codes_only=codes_only,
         max_train_samples=args.max_train_samples,
         max_test_samples=args.max_test_samples,
+        baselines=baselines,
     )
     write_report(report, args.report)
     print(f"report written: {args.report} (+ .md, .png)")
+    return 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cds_service.data.dataset import load_dataset
+    from cds_service.evaluation.report import fit_baselines, split_samples
+
+    train_ds, test_ds = load_dataset(args.train_data), load_dataset(args.test_data)
+    train_idx, test_idx = split_samples(train_ds, test_ds, args.max_train_samples, args.max_test_samples, args.seed)
+    fitted = fit_baselines(train_ds, test_ds, train_idx, test_idx, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **fitted)  # type: ignore[arg-type]
+    print(f"baselines written: {args.out}")
     return 0
 
 
@@ -193,10 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--profile", choices=("tiny", "cpu", "gpu"), default="cpu")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--max-minutes", type=float, default=None)
+    tr.add_argument("--max-steps", type=int, default=None, help="encoder optimizer steps (machine-independent)")
     tr.add_argument("--seed", type=int, default=get_settings().seed)
     tr.add_argument("--no-notes", action="store_true", help="codes only (the notes ablation)")
     tr.add_argument("--unlabelled-fraction", type=float, default=1.0, help="share of label-free samples kept")
     tr.add_argument("--max-val-samples", type=int, default=None, help="validation subset for speed")
+    tr.add_argument("--max-len", type=int, default=None, help="encoder window in tokens (default: the profile's)")
+    tr.add_argument("--note-tokens", type=int, default=None, help="note budget in the window (default: profile's)")
+    tr.add_argument("--wide", action="store_true", help="fit a frozen bag-of-codes branch first (see modeling.py)")
     tr.set_defaults(func=_train)
 
     ev = commands.add_parser("evaluate", help="score model and baselines on a test split")
@@ -209,7 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-train-samples", type=int, default=None, help="random subset for baseline training")
     ev.add_argument("--max-test-samples", type=int, default=None, help="random subset of the test split")
     ev.add_argument("--seed", type=int, default=get_settings().seed)
+    ev.add_argument("--baselines", type=Path, default=None, help="baselines fitted by `cds-service baselines`")
     ev.set_defaults(func=_evaluate)
+
+    bl = commands.add_parser("baselines", help="fit the baselines once (slow) for `evaluate --baselines`")
+    bl.add_argument("--train-data", type=Path, required=True)
+    bl.add_argument("--test-data", type=Path, required=True)
+    bl.add_argument("--out", type=Path, required=True, help=".npz of test probabilities and thresholds")
+    bl.add_argument("--max-train-samples", type=int, default=None)
+    bl.add_argument("--max-test-samples", type=int, default=None)
+    bl.add_argument("--seed", type=int, default=get_settings().seed)
+    bl.set_defaults(func=_baselines)
 
     serve = commands.add_parser("serve", help="serve the CDS Hooks endpoints (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")

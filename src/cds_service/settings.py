@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL = "synthea-cpu-interim"
+DEFAULT_MODEL = "synthea-cpu"
 
 
 class Settings(BaseSettings):

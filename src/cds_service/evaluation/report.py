@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,14 @@ import numpy.typing as npt
 
 from cds_service.data.dataset import Dataset
 from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_baseline
+from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
-from cds_service.inference.predictor import Predictor, align_labels
+from cds_service.inference.predictor import Predictor
 from cds_service.inference.training import interaction_matrix
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("prior", "logistic_regression", "lightgbm")
-BOOTSTRAP_METRICS = ("micro_auroc", "macro_auprc", "recall@1", "recall@5", "ece", "jaccard", "ddi_rate")
 Array = npt.NDArray[Any]
 
 
@@ -40,20 +39,6 @@ def _metrics(head: str, y: Array, p: Array, thresholds: Array, ddi: Array) -> di
     if head == "medication":
         out.update(_set_metrics(y, p, thresholds, ddi))
     return out
-
-
-def _bootstrap(
-    patients: Array, fn: Callable[[Array], dict[str, float]], n_boot: int, seed: int
-) -> list[dict[str, float]]:
-    """Resample patients with replacement; each draw takes every sample of the drawn patients."""
-    rng = np.random.default_rng(seed)
-    unique = np.unique(patients)
-    rows_of = {pt: np.flatnonzero(patients == pt) for pt in unique}
-    draws = []
-    for _ in range(n_boot):
-        chosen = rng.choice(unique, size=len(unique), replace=True)
-        draws.append(fn(np.concatenate([rows_of[c] for c in chosen])))
-    return draws
 
 
 def _paired(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
@@ -90,22 +75,15 @@ def evaluate(
     codes_only: Predictor | None = None,
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
+    baselines: dict[str, Array] | None = None,
 ) -> dict[str, Any]:
-    """`max_*_samples` draw a seeded random subset of samples (for speed); the report records the sizes."""
-    rng = np.random.default_rng(seed)
-    train_idx = _subset(np.flatnonzero(train_ds.sample_split() == 0), max_train_samples, rng)
-    test_idx = _subset(np.flatnonzero(test_ds.sample_split() == 2), max_test_samples, rng)
-    if not len(test_idx):
-        raise ValueError(f"{test_ds.path} has no test-split samples")
+    """`max_*_samples` draw a seeded random subset of samples (for speed); the report records the sizes.
+    `baselines`: what `fit_baselines` returned for the same datasets, subsets and seed (fitted once, reused)."""
+    train_idx, test_idx = split_samples(train_ds, test_ds, max_train_samples, max_test_samples, seed)
     heads = {"diagnosis": "dx", "medication": "med"}
     model_labels = {h: [x["token"] for x in predictor.labels[h]] for h in heads}
-    ds_labels = {
-        "diagnosis": (train_ds.diagnosis_labels, test_ds.diagnosis_labels),
-        "medication": (train_ds.medication_labels, test_ds.medication_labels),
-    }
+    ds_labels = {"diagnosis": test_ds.diagnosis_labels, "medication": test_ds.medication_labels}
 
-    space = FeatureSpace.from_dataset(train_ds)
-    x_train, x_test = bag_of_codes(train_ds, train_idx, space), bag_of_codes(test_ds, test_idx, space)
     scores = predictor.score_dataset(test_ds, test_idx)
     systems: dict[str, dict[str, Array]] = {
         "transformer": {"diagnosis": scores.diagnosis, "medication": scores.medication}
@@ -113,20 +91,28 @@ def evaluate(
     if codes_only is not None:
         ablated = codes_only.score_dataset(test_ds, test_idx, use_notes=False)
         systems["transformer_codes_only"] = {"diagnosis": ablated.diagnosis, "medication": ablated.medication}
-    y_test: dict[str, Array] = {}
+    y_test = {
+        head: align_columns(test_ds.label_matrix(short)[test_idx], ds_labels[head], model_labels[head])
+        for head, short in heads.items()
+    }
+    if baselines is None:
+        baselines = fit_baselines(train_ds, test_ds, train_idx, test_idx, seed)
+    if not np.array_equal(baselines["test_samples"], test_idx):
+        raise ValueError("the cached baselines were scored on other test samples: refit them")
     baseline_thresholds: dict[str, dict[str, Array]] = {}
-    for head, short in heads.items():
-        train_labels, test_labels = ds_labels[head]
-        y_train = align_labels(train_ds.label_matrix(short)[train_idx], train_labels, model_labels[head])
-        y_test[head] = align_labels(test_ds.label_matrix(short)[test_idx], test_labels, model_labels[head])
+    for head in heads:
         for name in BASELINES:
-            log.info("fitting %s for %s", name, head)
-            fitted = make_baseline(name, seed).fit(x_train, y_train)
-            systems.setdefault(name, {})[head] = fitted.predict_proba(x_test)
-            baseline_thresholds.setdefault(name, {})[head] = _rate_thresholds(fitted.predict_proba(x_train), y_train)
+            labels = list(baselines[f"{head}/labels"])
+            systems.setdefault(name, {})[head] = align_columns(
+                baselines[f"{head}/{name}/p"], labels, model_labels[head]
+            )
+            baseline_thresholds.setdefault(name, {})[head] = align_columns(
+                baselines[f"{head}/{name}/thresholds"][None], labels, model_labels[head], fill=1.0
+            )[0]
 
     ddi = interaction_matrix([x["display"] for x in predictor.labels["medication"]])
     patients = test_ds.arrays["sample_patient"][test_idx]
+    weights = patient_weights(patients, n_boot, seed)  # the same resamples for every system: paired
     report: dict[str, Any] = {
         "test_dataset": str(test_ds.path),
         "train_dataset": str(train_ds.path),
@@ -150,22 +136,91 @@ def evaluate(
             p = by_head[head]
             th = thresholds[system]
             head_report[system] = _metrics(head, y, p, th, ddi)
-
-            def fn(rows: Array, p: Array = p, th: Array = th, y: Array = y, head: str = head) -> dict[str, float]:
-                # only the metrics that get CIs: the full set per draw made bootstrapping the slow part
-                out = {k: SCORE_METRICS[k](y[rows], p[rows]) for k in BOOTSTRAP_METRICS if k in SCORE_METRICS}
-                if head == "medication":
-                    out.update(_set_metrics(y[rows], p[rows], th, ddi))
-                    del out["f1"]
-                return out
-
-            draws[system] = _bootstrap(patients, fn, n_boot, seed)
+            pred = (p >= th).astype(np.float32) if head == "medication" else None
+            weighted = WeightedMetrics(y, p, pred, ddi if head == "medication" else None)
+            draws[system] = [weighted.at(w) for w in weights]
             head_report[system]["ci95"] = {
                 k: _basic_ci(head_report[system][k], [d[k] for d in draws[system]]) for k in draws[system][0]
             }
         head_report["paired_difference"] = {base: _paired(draws["transformer"], draws[base]) for base in BASELINES}
         report[head] = head_report
+    report["verdict"] = verdict(report)
     return report
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """The acceptance criteria, checked on this report: each with the figures it rests on.
+
+    "Beats beyond the CI" = the 95% CI of the paired difference (transformer minus baseline) lies
+    wholly above 0; for ECE and DDI rate lower is better and point estimates are compared."""
+    dx, med = report["diagnosis"], report["medication"]
+    strong = ("logistic_regression", "lightgbm")
+    checks: dict[str, dict[str, Any]] = {}
+    for metric in ("macro_auprc", "recall@5"):
+        for base in strong:
+            ci = dx["paired_difference"][base][metric]["ci95"]
+            checks[f"diagnosis {metric} beats {base} beyond the paired CI"] = {"passed": ci[0] > 0, "ci95": ci}
+    best = max(dx[b]["micro_auroc"] for b in strong)
+    checks["diagnosis micro_auroc within 0.005 of the best baseline"] = {
+        "passed": dx["transformer"]["micro_auroc"] >= best - 0.005,
+        "transformer": dx["transformer"]["micro_auroc"],
+        "best_baseline": best,
+    }
+    best_base = max(strong, key=lambda b: med[b]["jaccard"])
+    checks["medication jaccard at least the best baseline's, DDI rate no higher"] = {
+        "passed": med["transformer"]["jaccard"] >= med[best_base]["jaccard"]
+        and med["transformer"]["ddi_rate"] <= med[best_base]["ddi_rate"],
+        "transformer": [med["transformer"]["jaccard"], med["transformer"]["ddi_rate"]],
+        best_base: [med[best_base]["jaccard"], med[best_base]["ddi_rate"]],
+    }
+    for head, section in (("diagnosis", dx), ("medication", med)):
+        checks[f"{head} ECE no worse than logistic regression"] = {
+            "passed": section["transformer"]["ece"] <= section["logistic_regression"]["ece"],
+            "transformer": section["transformer"]["ece"],
+            "logistic_regression": section["logistic_regression"]["ece"],
+        }
+    return {"all_passed": all(c["passed"] for c in checks.values()), "checks": checks}
+
+
+def split_samples(
+    train_ds: Dataset, test_ds: Dataset, max_train: int | None, max_test: int | None, seed: int
+) -> tuple[Array, Array]:
+    rng = np.random.default_rng(seed)
+    train_idx = _subset(np.flatnonzero(train_ds.sample_split() == 0), max_train, rng)
+    test_idx = _subset(np.flatnonzero(test_ds.sample_split() == 2), max_test, rng)
+    if not len(test_idx):
+        raise ValueError(f"{test_ds.path} has no test-split samples")
+    return train_idx, test_idx
+
+
+def fit_baselines(
+    train_ds: Dataset, test_ds: Dataset, train_idx: Array, test_idx: Array, seed: int
+) -> dict[str, Array]:
+    """Every baseline fitted on the train samples and scored on the test samples, per head, in the train
+    dataset's label order; flat keys so that the result saves as one .npz (`cds-service baselines`)."""
+    space = FeatureSpace.from_dataset(train_ds)
+    x_train, x_test = bag_of_codes(train_ds, train_idx, space), bag_of_codes(test_ds, test_idx, space)
+    out: dict[str, Array] = {"train_samples": train_idx, "test_samples": test_idx}
+    for head, short in (("diagnosis", "dx"), ("medication", "med")):
+        labels = train_ds.diagnosis_labels if short == "dx" else train_ds.medication_labels
+        y_train = train_ds.label_matrix(short)[train_idx]
+        out[f"{head}/labels"] = np.asarray(labels)
+        for name in BASELINES:
+            log.info("fitting %s for %s", name, head)
+            fitted = make_baseline(name, seed).fit(x_train, y_train)
+            out[f"{head}/{name}/p"] = fitted.predict_proba(x_test)
+            out[f"{head}/{name}/thresholds"] = _rate_thresholds(fitted.predict_proba(x_train), y_train)
+    return out
+
+
+def align_columns(p: Array, labels: list[str], model_labels: list[str], fill: float = 0.0) -> Array:
+    """Columns of `p` (in `labels` order) re-ordered to `model_labels`; labels it lacks get `fill`."""
+    index = {t: j for j, t in enumerate(labels)}
+    out = np.full((len(p), len(model_labels)), fill, dtype=np.float32)
+    for k, token in enumerate(model_labels):
+        if token in index:
+            out[:, k] = p[:, index[token]]
+    return out
 
 
 def _subset(rows: Array, limit: int | None, rng: np.random.Generator) -> Array:
@@ -187,6 +242,14 @@ def render_markdown(report: dict[str, Any], plot_path: Path | None = None) -> st
         f"95% CIs from {report['bootstrap_resamples']} patient-level bootstrap resamples.",
         "",
     ]
+    if "verdict" in report:
+        v = report["verdict"]
+        lines += [
+            "## Verdict: " + ("every acceptance criterion met" if v["all_passed"] else "NOT every criterion met"),
+            "",
+        ]
+        lines += [f"- {'PASS' if c['passed'] else 'FAIL'}: {name}" for name, c in v["checks"].items()]
+        lines.append("")
     for head in ("diagnosis", "medication"):
         section = report[head]
         systems = [s for s in section if s != "paired_difference"]

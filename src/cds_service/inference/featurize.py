@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cds_service.data.dataset import SEX_IDS
 from cds_service.timeline.events import EventKind
 
 N_VALUE_BINS = 5
@@ -28,7 +29,6 @@ N_TIME_BUCKETS = 32
 MAX_VISITS = 63
 SECONDS_PER_DAY = 86400.0
 SECONDS_PER_YEAR = 365.25 * SECONDS_PER_DAY
-FEATURE_NAMES = ("input_ids", "value_ids", "token_type_ids", "age_ids", "time_ids", "visit_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class History:
     event_visit: npt.NDArray[np.int64]
     note_time: npt.NDArray[np.float64]
     note_pieces: list[npt.NDArray[np.int64]]
+    sex: str = "unknown"  # administrative gender, for the wide branch
+    encounter_class: str | None = None  # the encounter being scored, when known (v3 ActCode)
 
 
 def value_bin(value: float, edges: list[float] | None) -> int:
@@ -98,9 +100,73 @@ class EncodeConfig:
     max_len: int = 512
     note_tokens: int = 64  # budget for note pieces within max_len
     max_notes: int = 2
+    wide: bool = False  # also emit the bag-of-codes features of the wide branch
+    encounter_classes: tuple[str, ...] = ()  # one-hot columns of the wide branch
 
 
-def encode(h: History, space: TokenSpace, cfg: EncodeConfig) -> tuple[dict[str, npt.NDArray[np.int64]], list[int]]:
+@dataclass(frozen=True)
+class WideSpace:
+    """Columns of the wide branch: log1p code counts over all history, the same over the last 365 days,
+    age in decades, sex and encounter class one-hot (the logistic-regression baseline's features)."""
+
+    n_codes: int
+    encounter_classes: tuple[str, ...]
+
+    @property
+    def age_column(self) -> int:
+        return 2 * self.n_codes
+
+    @property
+    def size(self) -> int:
+        return 2 * self.n_codes + 1 + len(SEX_COLUMNS) + len(self.encounter_classes)
+
+
+SEX_COLUMNS = tuple(sorted(SEX_IDS, key=SEX_IDS.__getitem__))  # column order = the dataset's sex ids
+
+
+def wide_event_contributions(
+    h: History, wide: WideSpace, column_logits: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Per history event, its share of the wide branch's logit: each code column's contribution
+    (weight x value, `column_logits` indexed by column) split evenly over the events it counts."""
+    tokens = h.event_token
+    recent = h.event_time >= h.cutoff - SECONDS_PER_YEAR
+    n_all = np.bincount(tokens, minlength=wide.n_codes)
+    n_recent = np.bincount(tokens[recent], minlength=wide.n_codes)
+    share_all = column_logits[: wide.n_codes] / np.maximum(n_all, 1)
+    share_recent = column_logits[wide.n_codes : 2 * wide.n_codes] / np.maximum(n_recent, 1)
+    out: npt.NDArray[np.float32] = (share_all[tokens] + np.where(recent, share_recent[tokens], 0.0)).astype(np.float32)
+    return out
+
+
+def wide_features(
+    h: History, wide: WideSpace, drop_events: npt.NDArray[np.int64] | None = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Sparse (column ids, values) of one history; `drop_events` are left out (deletion checks).
+
+    Column 0 is [PAD]'s count, never present, so 0 pads a batch (EmbeddingBag padding_idx)."""
+    tokens = h.event_token
+    recent = h.event_time >= h.cutoff - SECONDS_PER_YEAR
+    if drop_events is not None:
+        keep = np.ones(len(tokens), dtype=bool)
+        keep[drop_events] = False
+        tokens, recent = tokens[keep], recent[keep]
+    ids_all, n_all = np.unique(tokens, return_counts=True)
+    ids_recent, n_recent = np.unique(tokens[recent], return_counts=True)
+    extra_ids = [wide.age_column]
+    extra_values = [0.0 if h.birth_time is None else (h.cutoff - h.birth_time) / SECONDS_PER_YEAR / 10]
+    sex = SEX_COLUMNS.index(h.sex) if h.sex in SEX_COLUMNS else 0
+    extra_ids.append(wide.age_column + 1 + sex)
+    extra_values.append(1.0)
+    if h.encounter_class in wide.encounter_classes:
+        extra_ids.append(wide.age_column + 1 + len(SEX_COLUMNS) + wide.encounter_classes.index(h.encounter_class))
+        extra_values.append(1.0)
+    ids = np.concatenate([ids_all, ids_recent + wide.n_codes, extra_ids]).astype(np.int64)
+    values = np.concatenate([np.log1p(n_all), np.log1p(n_recent), extra_values]).astype(np.float32)
+    return ids, values
+
+
+def encode(h: History, space: TokenSpace, cfg: EncodeConfig) -> tuple[dict[str, npt.NDArray[Any]], list[int]]:
     """Model inputs of one history (unpadded) and, per position, the index of its event (-1 CLS, -2-k note k)."""
     start = max(0, len(h.event_time) - 8 * cfg.max_len)  # older events cannot fit after collapsing
     keep = start + np.flatnonzero(collapse_repeated_labs(h, start))
@@ -129,7 +195,7 @@ def encode(h: History, space: TokenSpace, cfg: EncodeConfig) -> tuple[dict[str, 
         age_ids = np.zeros(len(times), dtype=np.int64)
     else:
         age_ids = np.clip((times - h.birth_time) / SECONDS_PER_YEAR, 0, MAX_AGE).astype(np.int64) + 1
-    features = {
+    features: dict[str, npt.NDArray[Any]] = {
         "input_ids": input_ids,
         "value_ids": value_ids.astype(np.int64),
         "token_type_ids": kinds.astype(np.int64),
@@ -138,14 +204,20 @@ def encode(h: History, space: TokenSpace, cfg: EncodeConfig) -> tuple[dict[str, 
         "visit_ids": visit_ids.astype(np.int64),
         "attention_mask": np.ones(len(times), dtype=np.int64),
     }
+    if cfg.wide:
+        features["wide_ids"], features["wide_values"] = wide_features(
+            h, WideSpace(space.n_codes, tuple(cfg.encounter_classes))
+        )
     return features, [-1, *keep.tolist(), *note_src]
 
 
-def pad_batch(items: list[dict[str, npt.NDArray[np.int64]]]) -> dict[str, npt.NDArray[np.int64]]:
-    length = max(len(x["input_ids"]) for x in items)
-    out = {name: np.zeros((len(items), length), dtype=np.int64) for name in FEATURE_NAMES}
-    for row, item in enumerate(items):
-        for name in FEATURE_NAMES:
+def pad_batch(items: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    """Zero-padded (batch, longest) arrays per feature; sequence and wide features pad independently."""
+    out = {}
+    for name in items[0]:
+        length = max(len(x[name]) for x in items)
+        out[name] = np.zeros((len(items), length), dtype=items[0][name].dtype)
+        for row, item in enumerate(items):
             out[name][row, : len(item[name])] = item[name]
     return out
 
@@ -163,6 +235,9 @@ def history_from_dataset(ds: Any, sample: int) -> History:
     birth = float(a["patient_birth"][p])
     tokens = a["event_token"][sl].astype(np.int64)
     piece_offsets = a["note_pieces_offsets"]
+    sex_ids = {v: k for k, v in SEX_IDS.items()}
+    classes = ds.manifest.get("encounter_classes", [])
+    sample_class = int(a["sample_class"][sample]) if "sample_class" in a else -1
     return History(
         cutoff=cutoff,
         birth_time=None if math.isnan(birth) else birth,
@@ -173,4 +248,6 @@ def history_from_dataset(ds: Any, sample: int) -> History:
         event_visit=a["event_visit"][sl].astype(np.int64),
         note_time=a["note_time"][note_rows],
         note_pieces=[a["note_pieces"][piece_offsets[k] : piece_offsets[k + 1]].astype(np.int64) for k in note_rows],
+        sex=sex_ids.get(int(a["patient_sex"][p]), "unknown") if "patient_sex" in a else "unknown",
+        encounter_class=classes[sample_class] if 0 <= sample_class < len(classes) else None,
     )

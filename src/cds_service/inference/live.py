@@ -76,5 +76,9 @@ class LiveFeaturizer:
                 for n in notes
                 if self.notes is not None
             ],
+            sex=timeline.sex,
+            encounter_class=timeline.encounters[encounter_id].class_code
+            if encounter_id in timeline.encounters
+            else None,
         )
         return LiveHistory(history, events, notes, [self.token_id(t) for t in known_dx or []])

@@ -2,6 +2,12 @@
 
 Encoder (shared) -> [CLS] state -> diagnosis head; [CLS] state + mean embedding of the encounter's
 known diagnoses -> medication head (the order hooks know the encounter's diagnoses).
+
+Optional wide branch (`n_wide > 0`): a linear model over the whole history's bag of codes (the
+logistic-regression baseline's features, `featurize.WideSpace`) whose logits are added to both heads.
+Training fits it first and freezes it, so the encoder learns what counts alone cannot see (order,
+recency, values, notes) as a residual on top of a calibrated linear offset; the encoder's window
+can then stay short without losing old history.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class ModelConfig:
     n_diagnoses: int
     n_medications: int
     n_kinds: int = 9
+    n_wide: int = 0  # columns of the wide branch; 0 = none
 
     @property
     def sizes(self) -> Profile:
@@ -57,6 +64,7 @@ class ModelOutput:
     dx_logits: torch.Tensor  # (batch, n_diagnoses)
     med_logits: torch.Tensor  # (batch, n_medications)
     inputs_embeds: torch.Tensor  # (batch, seq, hidden): what attributions differentiate against
+    wide_logits: torch.Tensor | None = None  # (batch, n_diagnoses + n_medications): the wide branch's share
 
 
 class HistoryEncoderModel(nn.Module):
@@ -83,6 +91,12 @@ class HistoryEncoderModel(nn.Module):
         self.med_head = nn.Sequential(
             nn.Linear(2 * p.hidden, p.hidden), nn.GELU(), nn.Linear(p.hidden, config.n_medications)
         )
+        n_labels = config.n_diagnoses + config.n_medications
+        self.wide: nn.EmbeddingBag | None = None
+        if config.n_wide:
+            self.wide = nn.EmbeddingBag(config.n_wide, n_labels, mode="sum", padding_idx=0)
+            nn.init.zeros_(self.wide.weight)
+            self.wide_bias = nn.Parameter(torch.zeros(n_labels))
 
     @property
     def token_embeddings(self) -> nn.Embedding:
@@ -112,7 +126,18 @@ class HistoryEncoderModel(nn.Module):
         cls = hidden[:, 0]  # (batch, hidden)
         mask = (known_dx > 0).unsqueeze(-1).float()
         known = (self.token_embeddings(known_dx) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return ModelOutput(self.dx_head(cls), self.med_head(torch.cat([cls, known], dim=-1)), embeds)
+        dx, med = self.dx_head(cls), self.med_head(torch.cat([cls, known], dim=-1))
+        wide = self.wide_logits(batch)
+        if wide is None:
+            return ModelOutput(dx, med, embeds)
+        n_dx = self.config.n_diagnoses
+        return ModelOutput(dx + wide[:, :n_dx], med + wide[:, n_dx:], embeds, wide)
+
+    def wide_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.wide is None:
+            return None
+        out: torch.Tensor = self.wide(batch["wide_ids"], per_sample_weights=batch["wide_values"]) + self.wide_bias
+        return out
 
 
 def pick_device() -> torch.device:

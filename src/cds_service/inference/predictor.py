@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ class Predictor:
         self.model_dir = model_dir
         config = json.loads((model_dir / "config.json").read_text())
         self.model_config = ModelConfig(**config["model"])
-        self.encode_config = EncodeConfig(**config["encode"])
+        encode_config = config["encode"]
+        encode_config["encounter_classes"] = tuple(encode_config.get("encounter_classes", ()))
+        self.encode_config = EncodeConfig(**encode_config)
         self.vocab: list[str] = json.loads((model_dir / "vocab.json").read_text())["tokens"]
         self.labels: dict[str, list[dict[str, Any]]] = json.loads((model_dir / "labels.json").read_text())
         self.calibration: dict[str, Any] = json.loads((model_dir / "calibration.json").read_text())
@@ -73,11 +75,7 @@ class Predictor:
         same_notes = _file_digest(ds.path / NOTE_MODEL_FILE) == _file_digest(self.model_dir / NOTE_MODEL_FILE)
         if use_notes and not same_notes:
             log.warning("dataset notes were tokenised by another SentencePiece model: scoring without notes")
-        cfg = EncodeConfig(
-            self.encode_config.max_len,
-            self.encode_config.note_tokens if use_notes and same_notes else 0,
-            self.encode_config.max_notes,
-        )
+        cfg = replace(self.encode_config, note_tokens=self.encode_config.note_tokens if use_notes and same_notes else 0)
         encoded = []
         for i in samples:
             h = history_from_dataset(ds, int(i))
@@ -86,13 +84,3 @@ class Predictor:
         known = code_map[known_dx_matrix(ds, samples)] * (known_dx_matrix(ds, samples) > 0)
         dx, med = predict_logits(self.model, encoded, known)
         return self._calibrated(dx, med)
-
-
-def align_labels(y: npt.NDArray[np.float32], ds_labels: list[str], model_labels: list[str]) -> npt.NDArray[np.float32]:
-    """Re-index a dataset's label matrix to the model's label order (labels the dataset lacks are all 0)."""
-    out = np.zeros((len(y), len(model_labels)), dtype=np.float32)
-    index = {t: j for j, t in enumerate(ds_labels)}
-    for k, token in enumerate(model_labels):
-        if token in index:
-            out[:, k] = y[:, index[token]]
-    return out

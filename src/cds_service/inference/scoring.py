@@ -1,22 +1,25 @@
 """Scoring one live patient, and the evidence behind each score.
 
 Evidence: captum's InputXGradient on the summed input embeddings (one backward pass for all explained
-labels, one batch row per label), summed per source FHIR resource or note. The top sources of each label
-are then confirmed by deletion: the positions of that source are masked out and the label re-scored in
-one batch; `drop` is how much the calibrated probability fell without it.
+labels, one batch row per label), summed per source FHIR resource or note. When the model has a wide
+(bag-of-codes) branch, its logit is exactly linear in the code counts: each code's contribution is
+split over the events it counts and added to their sources. The top sources of each label are then
+confirmed by deletion: the positions of that source are masked out, its events leave the code counts,
+and the label is re-scored in one batch; `drop` is how much the calibrated probability fell without it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from captum.attr import InputXGradient
 
-from cds_service.inference.featurize import encode, pad_batch
+from cds_service.inference.featurize import WideSpace, encode, pad_batch, wide_event_contributions, wide_features
 from cds_service.inference.live import LiveHistory
 from cds_service.inference.predictor import Predictor
 from cds_service.inference.training import to_tensors
@@ -50,7 +53,7 @@ class Finding:
 @dataclass
 class PatientScores:
     live: LiveHistory
-    features: dict[str, npt.NDArray[np.int64]]
+    features: dict[str, npt.NDArray[Any]]
     positions: list[int]  # per input position: event index, -1 CLS, -2-k note k
     probabilities: dict[str, npt.NDArray[np.float32]]
 
@@ -115,6 +118,7 @@ class PatientScorer:
         per_position = self._attributions(scores, head, labels)
         findings = []
         for row, label in enumerate(labels):
+            wide_share = self._wide_shares(scores, head, label)
             meta = self.predictor.labels[head][label]
             findings.append(
                 Finding(
@@ -124,7 +128,7 @@ class PatientScorer:
                     str(meta.get("display", meta["token"])),
                     float(scores.probabilities[head][label]),
                     float(self.predictor.thresholds[head][label]),
-                    self._evidence(scores, per_position[row])[:top],
+                    self._evidence(scores, per_position[row], wide_share)[:top],
                 )
             )
         self._confirm(scores, findings, confirm)
@@ -145,6 +149,24 @@ class PatientScorer:
         result: npt.NDArray[np.float32] = attr.sum(-1).detach().float().cpu().numpy()
         return result
 
+    @property
+    def _wide_space(self) -> WideSpace | None:
+        if self.model.wide is None:
+            return None
+        return WideSpace(self.predictor.space.n_codes, tuple(self.predictor.encode_config.encounter_classes))
+
+    def _wide_shares(self, scores: PatientScores, head: str, label: int) -> npt.NDArray[np.float32] | None:
+        """Per history event: its share of the wide branch's logit for `label` (None without the branch)."""
+        wide = self._wide_space
+        if wide is None or self.model.wide is None:
+            return None
+        column = label if head == "diagnosis" else self.model.config.n_diagnoses + label
+        weights = self.model.wide.weight[:, column].detach().float().cpu().numpy()
+        logits = np.zeros(wide.size, dtype=np.float32)
+        ids, values = scores.features["wide_ids"], scores.features["wide_values"]
+        logits[ids] = weights[ids] * values
+        return wide_event_contributions(scores.live.history, wide, logits)
+
     def _source_of(self, scores: PatientScores, position: int) -> tuple[str, Event | Note] | None:
         index = scores.positions[position]
         if index >= 0:
@@ -155,7 +177,12 @@ class PatientScorer:
             return note.source, note
         return None
 
-    def _evidence(self, scores: PatientScores, attribution: npt.NDArray[np.float32]) -> list[EvidenceItem]:
+    def _evidence(
+        self,
+        scores: PatientScores,
+        attribution: npt.NDArray[np.float32],
+        wide_share: npt.NDArray[np.float32] | None = None,
+    ) -> list[EvidenceItem]:
         totals: dict[str, float] = defaultdict(float)
         items: dict[str, Event | Note] = {}
         for position in range(len(scores.positions)):
@@ -163,6 +190,11 @@ class PatientScorer:
             if found is not None:
                 totals[found[0]] += float(attribution[position])
                 items[found[0]] = found[1]
+        if wide_share is not None:
+            for index in np.flatnonzero(wide_share):
+                event = scores.live.events[int(index)]
+                totals[event.source] += float(wide_share[index])
+                items.setdefault(event.source, event)
         positive = sum(v for v in totals.values() if v > 0)
         ranked = sorted((s for s in totals if totals[s] > 0), key=lambda s: -totals[s])
         out = []
@@ -211,6 +243,17 @@ class PatientScorer:
             found = self._source_of(scores, position)
             if found is not None and found[0] in row_of:
                 batch["attention_mask"][row_of[found[0]], position] = 0
+        wide = self._wide_space
+        if wide is not None:  # the deleted source's events leave the code counts too
+            event_sources = np.asarray([e.source for e in scores.live.events], dtype=object)
+            rows: list[dict[str, npt.NDArray[Any]]] = []
+            for source in sources:
+                ids, values = wide_features(scores.live.history, wide, np.flatnonzero(event_sources == source))
+                rows.append({"wide_ids": ids, "wide_values": values})
+            padded = pad_batch(rows)
+            device = self.predictor.device
+            batch["wide_ids"] = torch.from_numpy(padded["wide_ids"]).to(device)
+            batch["wide_values"] = torch.from_numpy(padded["wide_values"]).to(device)
         out = self.model(batch, known)
         without = {
             "diagnosis": self.predictor.calibrate("diagnosis", out.dx_logits),

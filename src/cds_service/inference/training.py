@@ -21,13 +21,21 @@ from tqdm import tqdm
 from cds_service.data.dataset import Dataset
 from cds_service.data.note_tokenizer import NOTE_MODEL_FILE
 from cds_service.evaluation.metrics import macro_auprc
-from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset, pad_batch
+from cds_service.inference.featurize import (
+    EncodeConfig,
+    TokenSpace,
+    WideSpace,
+    encode,
+    history_from_dataset,
+    pad_batch,
+    wide_features,
+)
 from cds_service.inference.modeling import PROFILES, HistoryEncoderModel, ModelConfig, pick_device
 from cds_service.safety.interactions import interactions_between
 
 log = logging.getLogger(__name__)
 
-Encoded = dict[str, npt.NDArray[np.int64]]
+Encoded = dict[str, npt.NDArray[Any]]
 
 
 @dataclass
@@ -44,6 +52,11 @@ class TrainOptions:
     use_notes: bool = True
     unlabelled_fraction: float = 1.0  # share of training samples without any label to keep (speed)
     max_val_samples: int | None = None  # random subset for early stopping and calibration (speed)
+    max_len: int | None = None  # encoder window in tokens (default: the profile's); serving uses the same
+    note_tokens: int | None = None  # note budget within the window (default: the profile's)
+    wide: bool = False  # fit and freeze the bag-of-codes branch first; the encoder learns the residual
+    wide_epochs: int = 20
+    max_steps: int | None = None  # optimizer steps of the encoder stage: a budget that is the same on any machine
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +68,14 @@ def seed_everything(seed: int) -> None:
 def encode_samples(ds: Dataset, samples: npt.NDArray[Any], cfg: EncodeConfig) -> list[Encoded]:
     space = TokenSpace(len(ds.vocab), int(ds.manifest.get("note_vocab_size", 0)))
     return [encode(history_from_dataset(ds, int(i)), space, cfg)[0] for i in samples]
+
+
+def wide_rows(ds: Dataset, samples: npt.NDArray[Any], wide: WideSpace) -> list[Encoded]:
+    out: list[Encoded] = []
+    for i in samples:
+        ids, values = wide_features(history_from_dataset(ds, int(i)), wide)
+        out.append({"wide_ids": ids, "wide_values": values})
+    return out
 
 
 def known_dx_matrix(ds: Dataset, samples: npt.NDArray[Any], width: int = 8) -> npt.NDArray[np.int64]:
@@ -135,7 +156,9 @@ def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
-def _out_of_time(started: float, opts: TrainOptions) -> bool:
+def _out_of_time(started: float, opts: TrainOptions, steps: int = 0) -> bool:
+    if opts.max_steps is not None and steps >= opts.max_steps:
+        return True
     return opts.max_minutes is not None and (time.monotonic() - started) / 60 > opts.max_minutes
 
 
@@ -143,77 +166,131 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     seed_everything(opts.seed)
     device = pick_device()
     sizes = PROFILES[opts.profile]
-    enc_cfg = EncodeConfig(max_len=sizes.max_len, note_tokens=sizes.note_tokens if opts.use_notes else 0)
+    note_tokens = sizes.note_tokens if opts.note_tokens is None else opts.note_tokens
+    classes = tuple(str(c) for c in ds.manifest.get("encounter_classes", []))
+    enc_cfg = EncodeConfig(
+        max_len=opts.max_len or sizes.max_len,
+        note_tokens=note_tokens if opts.use_notes else 0,
+        wide=opts.wide,
+        encounter_classes=classes if opts.wide else (),
+    )
     split = ds.sample_split()
-    train_idx, val_idx = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
-    if not len(train_idx):
+    all_train, val_idx = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
+    if not len(all_train):
         raise ValueError(f"{ds.path} has no training-split samples")
     if not len(val_idx):
         log.warning("no validation samples: early stopping and calibration fall back to the training split")
-        val_idx = train_idx
+        val_idx = all_train
     pick = np.random.default_rng(opts.seed)
+    y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
+    # Encounters without any label are most of the data and carry little signal: keep a share of them
+    # and weight those kept by its inverse, so the loss still estimates the full distribution's.
+    train_idx, weights = all_train, np.ones(len(all_train), dtype=np.float32)
     if opts.unlabelled_fraction < 1.0:
-        labelled = (ds.label_matrix("dx")[train_idx].sum(1) + ds.label_matrix("med")[train_idx].sum(1)) > 0
-        keep = labelled | (pick.random(len(train_idx)) < opts.unlabelled_fraction)
-        train_idx = train_idx[keep]
+        labelled = (y_dx[all_train].sum(1) + y_med[all_train].sum(1)) > 0
+        keep = labelled | (pick.random(len(all_train)) < opts.unlabelled_fraction)
+        train_idx = all_train[keep]
+        weights = np.where(labelled[keep], 1.0, 1.0 / max(opts.unlabelled_fraction, 1e-6)).astype(np.float32)
     if opts.max_val_samples is not None and len(val_idx) > opts.max_val_samples:
         val_idx = np.sort(pick.choice(val_idx, opts.max_val_samples, replace=False))
-    y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
+
+    space = TokenSpace(len(ds.vocab), int(ds.manifest.get("note_vocab_size", 0)))
+    wide = WideSpace(space.n_codes, classes)
+    config = ModelConfig(
+        opts.profile,
+        space.size,
+        space.n_codes,
+        space.n_note_pieces,
+        y_dx.shape[1],
+        y_med.shape[1],
+        n_wide=wide.size if opts.wide else 0,
+    )
+    model = HistoryEncoderModel(config).to(device)
+    y_both = np.concatenate([y_dx, y_med], axis=1)
+    started = time.monotonic()
+    history: list[dict[str, Any]] = []
+    if opts.wide:
+        history += fit_wide(model, ds, all_train, val_idx, y_both, wide, opts)
+
     log.info("encoding %d train and %d validation samples", len(train_idx), len(val_idx))
     enc_train, enc_val = encode_samples(ds, train_idx, enc_cfg), encode_samples(ds, val_idx, enc_cfg)
     known_train, known_val = known_dx_matrix(ds, train_idx), known_dx_matrix(ds, val_idx)
 
-    space = TokenSpace(len(ds.vocab), int(ds.manifest.get("note_vocab_size", 0)))
-    config = ModelConfig(opts.profile, space.size, space.n_codes, space.n_note_pieces, y_dx.shape[1], y_med.shape[1])
-    model = HistoryEncoderModel(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-
-    def pos_weight(y: npt.NDArray[np.float32]) -> torch.Tensor:
+    def pos_weight(y: npt.NDArray[np.float32]) -> torch.Tensor | None:
+        if opts.wide:
+            return None  # the frozen offset is calibrated; reweighting classes would skew the residual
         pos = y[train_idx].sum(0)
         return torch.from_numpy(np.sqrt(np.clip((len(train_idx) - pos) / np.maximum(pos, 1), 1, 400))).to(device)
 
-    loss_dx = nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_dx))
-    loss_med = nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_med))
+    loss_dx = nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_dx), reduction="none")
+    loss_med = nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_med), reduction="none")
     med_names = [x["display"] for x in ds.manifest["labels"]["medication"]]
     ddi = torch.from_numpy(interaction_matrix(med_names)).to(device)
     use_amp = device.type == "cuda"
+    deep = [p for name, p in model.named_parameters() if not name.startswith("wide")]
+    opt = torch.optim.AdamW(deep, lr=opts.lr, weight_decay=opts.weight_decay)
 
-    started = time.monotonic()
-    best_score, best_state, stale, history = -1.0, None, 0, []
+    def validate() -> float:
+        val_dx, val_med = predict_logits(model, enc_val, known_val)
+        return float(np.nanmean([macro_auprc(y_dx[val_idx], val_dx), macro_auprc(y_med[val_idx], val_med)]))
+
+    best_score, best_state, stale = -1.0, None, 0
+    if opts.wide:  # the wide branch alone is the model to beat: the encoder's heads start at zero
+        for head in (model.dx_head, model.med_head[-1]):
+            assert isinstance(head, nn.Linear)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        best_score = validate()
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": 0, "stage": "deep", "val_macro_auprc": best_score})
+        log.info("wide branch alone: val macro-AUPRC %.4f", best_score)
     rng = np.random.default_rng(opts.seed)
+    steps = 0
     for epoch in range(opts.epochs):
         model.train()
         order = rng.permutation(len(train_idx))
         total = 0.0
         for start in tqdm(range(0, len(order), opts.batch_size), desc=f"epoch {epoch + 1}", leave=False):
-            if _out_of_time(started, opts):
+            if _out_of_time(started, opts, steps):
                 break  # the budget ends mid-epoch: validate what we have
             rows = order[start : start + opts.batch_size]
             batch = to_tensors(pad_batch([enc_train[i] for i in rows]), device)
             known = torch.from_numpy(known_train[rows]).to(device)
+            w = torch.from_numpy(weights[rows]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 result = model(batch, known)
-            loss = loss_dx(result.dx_logits.float(), torch.from_numpy(y_dx[train_idx[rows]]).to(device))
-            loss = loss + loss_med(result.med_logits.float(), torch.from_numpy(y_med[train_idx[rows]]).to(device))
+            per_sample = loss_dx(result.dx_logits.float(), torch.from_numpy(y_dx[train_idx[rows]]).to(device)).sum(1)
+            per_sample = per_sample + loss_med(
+                result.med_logits.float(), torch.from_numpy(y_med[train_idx[rows]]).to(device)
+            ).sum(1)
             if opts.ddi_penalty and ddi.any():
                 p = torch.sigmoid(result.med_logits.float())
                 # expected number of interacting pairs recommended together
-                loss = loss + opts.ddi_penalty * ((p @ ddi) * p).sum(1).mean() / 2
+                per_sample = per_sample + opts.ddi_penalty * ((p @ ddi) * p).sum(1) / 2
+            loss = (per_sample * w).sum() / w.sum()
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(deep, 1.0)
             opt.step()
+            steps += 1
             total += float(loss.detach()) * len(rows)
-        val_dx, val_med = predict_logits(model, enc_val, known_val)
-        score = np.nanmean([macro_auprc(y_dx[val_idx], val_dx), macro_auprc(y_med[val_idx], val_med)])
-        history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1), "val_macro_auprc": float(score)})
+        score = validate()
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "stage": "deep",
+                "steps": steps,
+                "train_loss": total / max(len(order), 1),
+                "val_macro_auprc": score,
+            }
+        )
         log.info("epoch %d: %s", epoch + 1, history[-1])
         if score > best_score:
-            best_score, stale = float(score), 0
+            best_score, stale = score, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if stale >= opts.patience or _out_of_time(started, opts):
+        if stale >= opts.patience or _out_of_time(started, opts, steps):
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -227,8 +304,81 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
             "medication": fit_thresholds(sigmoid(val_med / t_med), y_med[val_idx]),
         },
     }
-    save_model(model, ds, out, enc_cfg, calibration, {"options": asdict(opts), "history": history})
+    training = {"options": asdict(opts), "history": history, "minutes": (time.monotonic() - started) / 60}
+    save_model(model, ds, out, enc_cfg, calibration, training)
     return {"best_val_macro_auprc": best_score, "epochs": len(history), "calibration": calibration["temperature"]}
+
+
+def fit_wide(
+    model: HistoryEncoderModel,
+    ds: Dataset,
+    train_idx: npt.NDArray[Any],
+    val_idx: npt.NDArray[Any],
+    y: npt.NDArray[np.float32],
+    wide: WideSpace,
+    opts: TrainOptions,
+    c: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Stage 1: the wide branch as L2-regularised logistic regression per label (the baseline's objective,
+    C = 0.5) on every training sample, early-stopped on validation log-loss; then frozen."""
+    assert model.wide is not None
+    device = next(model.parameters()).device
+    log.info("wide features for %d train and %d validation samples", len(train_idx), len(val_idx))
+    rows_train, rows_val = wide_rows(ds, train_idx, wide), wide_rows(ds, val_idx, wide)
+    prior = y[train_idx].mean(0).clip(1e-5, 1 - 1e-5)
+    with torch.no_grad():
+        model.wide_bias.copy_(torch.from_numpy(np.log(prior / (1 - prior))))
+    params = [model.wide.weight, model.wide_bias]
+    opt = torch.optim.Adam(params, lr=0.01)
+    l2 = 1.0 / (2 * c * len(train_idx))
+    y_t = torch.from_numpy(y)
+
+    def batch_loss(rows: list[Encoded], idx: npt.NDArray[Any]) -> torch.Tensor:
+        batch = to_tensors(pad_batch(rows), device)
+        logits = model.wide_logits(batch)
+        assert logits is not None
+        return nn.functional.binary_cross_entropy_with_logits(logits, y_t[idx].to(device), reduction="none").sum(1)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(
+                sum(
+                    float(batch_loss(rows_val[i : i + 2048], val_idx[i : i + 2048]).sum())
+                    for i in range(0, len(val_idx), 2048)
+                )
+                / len(val_idx)
+            )
+
+    rng = np.random.default_rng(opts.seed)
+    best, best_state, stale, history = val_loss(), None, 0, []
+    for epoch in range(opts.wide_epochs):
+        for group in opt.param_groups:
+            group["lr"] = 0.01 * 0.6**epoch  # decaying steps: a constant one leaves the loss oscillating
+        order = rng.permutation(len(train_idx))
+        for start in range(0, len(order), 1024):
+            rows = order[start : start + 1024]
+            loss = batch_loss([rows_train[i] for i in rows], train_idx[rows]).mean()
+            loss = loss + l2 * model.wide.weight.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        current = val_loss()
+        history.append({"epoch": epoch + 1, "stage": "wide", "val_log_loss": current})
+        log.info("wide epoch %d: validation log-loss %.5f", epoch + 1, current)
+        if current < best - 1e-3:  # summed over labels: smaller gains are noise
+            best, stale = current, 0
+            best_state = [p.detach().clone() for p in params]
+        else:
+            stale += 1
+            if stale >= 2:
+                break
+    if best_state is not None:
+        with torch.no_grad():
+            for p, b in zip(params, best_state, strict=True):
+                p.copy_(b)
+    for p in params:
+        p.requires_grad_(False)
+    return history
 
 
 def save_model(
