@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from cds_service.data.dataset import load_dataset
 from cds_service.evaluation.metrics import macro_auprc, micro_auprc, recall_at_k
+from cds_service.evaluation.model_card import read_card_text, write_model_card
 from cds_service.evaluation.report import evaluate, fit_baselines, split_samples, write_report
 from cds_service.inference.featurize import (
     EncodeConfig,
@@ -140,3 +142,15 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
     write_report(report, tmp_path / "report.json")
     markdown = (tmp_path / "report.md").read_text()
     assert "## Verdict" in markdown and (tmp_path / "report.png").is_file()
+    # the model card carries the report's own figures
+    model_dir = tmp_path / "model"
+    shutil.copytree(wide_model, model_dir)
+    (model_dir / "card_text.md").write_text("# Model card: test\n\n## Intended use\n\nTests only.\n")
+    (model_dir / "evaluation").mkdir()
+    shutil.copy(tmp_path / "report.json", model_dir / "evaluation" / "report.json")
+    card = write_model_card(
+        model_dir, read_card_text(model_dir / "card_text.md"), {"dev": model_dir / "evaluation" / "report.json"}
+    ).read_text()
+    assert card.startswith("# Model card: test") and "## Intended use" in card
+    assert f"{report['diagnosis']['transformer']['macro_auprc']:.3f}" in card
+    assert "## Training run" in card and ("PASS" in card or "FAIL" in card)

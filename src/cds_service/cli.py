@@ -110,11 +110,25 @@ def _baselines(args: argparse.Namespace) -> int:
     from cds_service.evaluation.report import fit_baselines, split_samples
 
     train_ds, test_ds = load_dataset(args.train_data), load_dataset(args.test_data)
-    train_idx, test_idx = split_samples(train_ds, test_ds, args.max_train_samples, args.max_test_samples, args.seed)
-    fitted = fit_baselines(train_ds, test_ds, train_idx, test_idx, args.seed)
+    train_idx, test_idx = split_samples(train_ds, test_ds, None, args.max_test_samples, args.seed)
+    fitted = fit_baselines(
+        train_ds, test_ds, train_idx, test_idx, args.seed, args.unlabelled_fraction, args.max_train_samples
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **fitted)  # type: ignore[arg-type]
     print(f"baselines written: {args.out}")
+    return 0
+
+
+def _model_card(args: argparse.Namespace) -> int:
+    from cds_service.evaluation.model_card import read_card_text, write_model_card
+
+    reports = {}
+    for item in args.report:
+        caption, _, path = item.partition("=")
+        reports[caption] = Path(path)
+    out = write_model_card(args.model, read_card_text(args.model / "card_text.md"), reports)
+    print(f"model card written: {out}")
     return 0
 
 
@@ -242,11 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baselines", type=Path, default=None, help="baselines fitted by `cds-service baselines`")
     ev.set_defaults(func=_evaluate)
 
+    mc = commands.add_parser("model-card", help="write MODEL_CARD.md from card_text.md and the reports")
+    mc.add_argument("--model", type=Path, required=True)
+    mc.add_argument("--report", action="append", default=[], help="CAPTION=path/to/report.json (repeatable)")
+    mc.set_defaults(func=_model_card)
+
     bl = commands.add_parser("baselines", help="fit the baselines once (slow) for `evaluate --baselines`")
     bl.add_argument("--train-data", type=Path, required=True)
     bl.add_argument("--test-data", type=Path, required=True)
     bl.add_argument("--out", type=Path, required=True, help=".npz of test probabilities and thresholds")
-    bl.add_argument("--max-train-samples", type=int, default=None)
+    bl.add_argument("--unlabelled-fraction", type=float, default=1.0, help="as `train`: the enriched subset")
+    bl.add_argument("--max-train-samples", type=int, default=None, help="cap on that subset (seeded draw)")
     bl.add_argument("--max-test-samples", type=int, default=None)
     bl.add_argument("--seed", type=int, default=get_settings().seed)
     bl.set_defaults(func=_baselines)

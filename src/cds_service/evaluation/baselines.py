@@ -82,8 +82,10 @@ def bag_of_codes(ds: Dataset, samples: npt.NDArray[Any], space: FeatureSpace) ->
 
 
 class PriorBaseline:
-    def fit(self, x: sp.csr_matrix, y: npt.NDArray[np.float32]) -> PriorBaseline:
-        self.prior = y.mean(0)
+    def fit(
+        self, x: sp.csr_matrix, y: npt.NDArray[np.float32], weight: npt.NDArray[np.float32] | None = None
+    ) -> PriorBaseline:
+        self.prior = np.average(y, axis=0, weights=weight)
         return self
 
     def predict_proba(self, x: sp.csr_matrix) -> npt.NDArray[np.float32]:
@@ -115,14 +117,16 @@ class PerLabelBaseline:
             verbose=-1,
         )
 
-    def fit(self, x: sp.csr_matrix, y: npt.NDArray[np.float32]) -> PerLabelBaseline:
-        self.prior = y.mean(0)
+    def fit(
+        self, x: sp.csr_matrix, y: npt.NDArray[np.float32], weight: npt.NDArray[np.float32] | None = None
+    ) -> PerLabelBaseline:
+        self.prior = np.average(y, axis=0, weights=weight)
         self.models: list[Any] = []
         for j in range(y.shape[1]):
             if 0 < y[:, j].sum() < len(y):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    self.models.append(self._new().fit(x, y[:, j].astype(int)))
+                    self.models.append(self._new().fit(x, y[:, j].astype(int), sample_weight=weight))
             else:
                 self.models.append(None)
         return self

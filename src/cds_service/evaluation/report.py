@@ -21,7 +21,7 @@ from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_ba
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
 from cds_service.inference.predictor import Predictor
-from cds_service.inference.training import interaction_matrix
+from cds_service.inference.training import interaction_matrix, label_enriched_subset
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ def evaluate(
         "test_samples": len(test_idx),
         "test_patients": len(np.unique(patients)),
         "bootstrap_resamples": n_boot,
+        "baseline_train_samples": len(baselines["train_samples"]),
+        "baseline_train_weighted": bool("train_weights" in baselines and np.ptp(baselines["train_weights"]) > 0),
         "note": "diagnosis labels are new-onset disorders only (see README: Labels)",
     }
     for head in heads:
@@ -194,22 +196,36 @@ def split_samples(
 
 
 def fit_baselines(
-    train_ds: Dataset, test_ds: Dataset, train_idx: Array, test_idx: Array, seed: int
+    train_ds: Dataset,
+    test_ds: Dataset,
+    train_idx: Array,
+    test_idx: Array,
+    seed: int,
+    unlabelled_fraction: float = 1.0,
+    max_train_samples: int | None = None,
 ) -> dict[str, Array]:
     """Every baseline fitted on the train samples and scored on the test samples, per head, in the train
-    dataset's label order; flat keys so that the result saves as one .npz (`cds-service baselines`)."""
+    dataset's label order; flat keys so that the result saves as one .npz (`cds-service baselines`).
+
+    `unlabelled_fraction` fits on the transformer's own label-enriched, inverse-weighted training subset
+    (`training.label_enriched_subset`, same seed); `max_train_samples` then caps it (a seeded random draw)
+    where fitting one model per label on all of it would not fit the time available."""
+    train_idx, weight = label_enriched_subset(train_ds, train_idx, unlabelled_fraction, np.random.default_rng(seed))
+    if max_train_samples is not None and len(train_idx) > max_train_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(len(train_idx), max_train_samples, replace=False))
+        train_idx, weight = train_idx[keep], weight[keep]
     space = FeatureSpace.from_dataset(train_ds)
     x_train, x_test = bag_of_codes(train_ds, train_idx, space), bag_of_codes(test_ds, test_idx, space)
-    out: dict[str, Array] = {"train_samples": train_idx, "test_samples": test_idx}
+    out: dict[str, Array] = {"train_samples": train_idx, "train_weights": weight, "test_samples": test_idx}
     for head, short in (("diagnosis", "dx"), ("medication", "med")):
         labels = train_ds.diagnosis_labels if short == "dx" else train_ds.medication_labels
         y_train = train_ds.label_matrix(short)[train_idx]
         out[f"{head}/labels"] = np.asarray(labels)
         for name in BASELINES:
-            log.info("fitting %s for %s", name, head)
-            fitted = make_baseline(name, seed).fit(x_train, y_train)
+            log.info("fitting %s for %s on %d samples", name, head, len(train_idx))
+            fitted = make_baseline(name, seed).fit(x_train, y_train, weight)
             out[f"{head}/{name}/p"] = fitted.predict_proba(x_test)
-            out[f"{head}/{name}/thresholds"] = _rate_thresholds(fitted.predict_proba(x_train), y_train)
+            out[f"{head}/{name}/thresholds"] = _rate_thresholds(fitted.predict_proba(x_train), y_train, weight)
     return out
 
 
@@ -227,10 +243,17 @@ def _subset(rows: Array, limit: int | None, rng: np.random.Generator) -> Array:
     return rows if limit is None or len(rows) <= limit else np.sort(rng.choice(rows, limit, replace=False))
 
 
-def _rate_thresholds(p_train: Array, y_train: Array) -> Array:
-    """Baseline thresholds from training data only: predict each label as often as it occurs in training."""
-    rate = np.clip(y_train.mean(0), 1e-4, 0.5)
-    return np.asarray([np.quantile(p_train[:, j], 1 - rate[j]) for j in range(p_train.shape[1])])
+def _rate_thresholds(p_train: Array, y_train: Array, weight: Array | None = None) -> Array:
+    """Baseline thresholds from training data only: predict each label as often as it occurs in training
+    (weighted: the rate and the quantile are those of the full distribution the weights stand for)."""
+    w = np.ones(len(y_train)) if weight is None else weight.astype(np.float64)
+    rate = np.clip(np.average(y_train, axis=0, weights=w), 1e-4, 0.5)
+    out = []
+    for j in range(p_train.shape[1]):
+        order = np.argsort(p_train[:, j])
+        cdf = np.cumsum(w[order]) / w.sum()
+        out.append(p_train[order[min(np.searchsorted(cdf, 1 - rate[j]), len(order) - 1)], j])
+    return np.asarray(out)
 
 
 def render_markdown(report: dict[str, Any], plot_path: Path | None = None) -> str:

@@ -55,8 +55,21 @@ class TrainOptions:
     max_len: int | None = None  # encoder window in tokens (default: the profile's); serving uses the same
     note_tokens: int | None = None  # note budget within the window (default: the profile's)
     wide: bool = False  # fit and freeze the bag-of-codes branch first; the encoder learns the residual
-    wide_epochs: int = 20
+    wide_max_iter: int = 200  # L-BFGS iterations of the wide stage
     max_steps: int | None = None  # optimizer steps of the encoder stage: a budget that is the same on any machine
+
+
+def label_enriched_subset(
+    ds: Dataset, samples: npt.NDArray[Any], unlabelled_fraction: float, rng: np.random.Generator
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+    """Every sample with a label, and `unlabelled_fraction` of the others weighted by its inverse, so that
+    weighted losses and fits still estimate the full distribution's (`training` and the baselines share it)."""
+    if unlabelled_fraction >= 1.0:
+        return samples, np.ones(len(samples), dtype=np.float32)
+    labelled = (ds.label_matrix("dx")[samples].sum(1) + ds.label_matrix("med")[samples].sum(1)) > 0
+    keep = labelled | (rng.random(len(samples)) < unlabelled_fraction)
+    weights = np.where(labelled[keep], 1.0, 1.0 / max(unlabelled_fraction, 1e-6)).astype(np.float32)
+    return samples[keep], weights
 
 
 def seed_everything(seed: int) -> None:
@@ -185,12 +198,7 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
     # Encounters without any label are most of the data and carry little signal: keep a share of them
     # and weight those kept by its inverse, so the loss still estimates the full distribution's.
-    train_idx, weights = all_train, np.ones(len(all_train), dtype=np.float32)
-    if opts.unlabelled_fraction < 1.0:
-        labelled = (y_dx[all_train].sum(1) + y_med[all_train].sum(1)) > 0
-        keep = labelled | (pick.random(len(all_train)) < opts.unlabelled_fraction)
-        train_idx = all_train[keep]
-        weights = np.where(labelled[keep], 1.0, 1.0 / max(opts.unlabelled_fraction, 1e-6)).astype(np.float32)
+    train_idx, weights = label_enriched_subset(ds, all_train, opts.unlabelled_fraction, pick)
     if opts.max_val_samples is not None and len(val_idx) > opts.max_val_samples:
         val_idx = np.sort(pick.choice(val_idx, opts.max_val_samples, replace=False))
 
@@ -318,67 +326,59 @@ def fit_wide(
     wide: WideSpace,
     opts: TrainOptions,
     c: float = 0.5,
+    chunk: int = 8192,
 ) -> list[dict[str, Any]]:
     """Stage 1: the wide branch as L2-regularised logistic regression per label (the baseline's objective,
-    C = 0.5) on every training sample, early-stopped on validation log-loss; then frozen."""
+    C = 0.5) on every training sample, solved to convergence by full-batch L-BFGS (convex: minibatch Adam
+    with a decaying step stopped far from the optimum and lost to scikit-learn's solver); then frozen."""
     assert model.wide is not None
     device = next(model.parameters()).device
     log.info("wide features for %d train and %d validation samples", len(train_idx), len(val_idx))
-    rows_train, rows_val = wide_rows(ds, train_idx, wide), wide_rows(ds, val_idx, wide)
+
+    def chunks(idx: npt.NDArray[Any]) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        rows = wide_rows(ds, idx, wide)
+        return [
+            (to_tensors(pad_batch(rows[i : i + chunk]), device), torch.from_numpy(y[idx[i : i + chunk]]).to(device))
+            for i in range(0, len(idx), chunk)
+        ]
+
+    train_chunks, val_chunks = chunks(train_idx), chunks(val_idx)
     prior = y[train_idx].mean(0).clip(1e-5, 1 - 1e-5)
     with torch.no_grad():
         model.wide_bias.copy_(torch.from_numpy(np.log(prior / (1 - prior))))
     params = [model.wide.weight, model.wide_bias]
-    opt = torch.optim.Adam(params, lr=0.01)
     l2 = 1.0 / (2 * c * len(train_idx))
-    y_t = torch.from_numpy(y)
 
-    def batch_loss(rows: list[Encoded], idx: npt.NDArray[Any]) -> torch.Tensor:
-        batch = to_tensors(pad_batch(rows), device)
+    def chunk_loss(batch: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         logits = model.wide_logits(batch)
         assert logits is not None
-        return nn.functional.binary_cross_entropy_with_logits(logits, y_t[idx].to(device), reduction="none").sum(1)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
 
     def val_loss() -> float:
         with torch.no_grad():
-            return float(
-                sum(
-                    float(batch_loss(rows_val[i : i + 2048], val_idx[i : i + 2048]).sum())
-                    for i in range(0, len(val_idx), 2048)
-                )
-                / len(val_idx)
-            )
+            return sum(float(chunk_loss(b, t)) for b, t in val_chunks) / max(len(val_idx), 1)
 
-    rng = np.random.default_rng(opts.seed)
-    best, best_state, stale, history = val_loss(), None, 0, []
-    for epoch in range(opts.wide_epochs):
-        for group in opt.param_groups:
-            group["lr"] = 0.01 * 0.6**epoch  # decaying steps: a constant one leaves the loss oscillating
-        order = rng.permutation(len(train_idx))
-        for start in range(0, len(order), 1024):
-            rows = order[start : start + 1024]
-            loss = batch_loss([rows_train[i] for i in rows], train_idx[rows]).mean()
-            loss = loss + l2 * model.wide.weight.pow(2).sum()
-            opt.zero_grad()
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=opts.wide_max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        total = torch.zeros((), device=device)
+        for batch, target in train_chunks:  # gradients accumulate chunk by chunk: one full-batch step
+            loss = chunk_loss(batch, target) / len(train_idx)
             loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-        current = val_loss()
-        history.append({"epoch": epoch + 1, "stage": "wide", "val_log_loss": current})
-        log.info("wide epoch %d: validation log-loss %.5f", epoch + 1, current)
-        if current < best - 1e-3:  # summed over labels: smaller gains are noise
-            best, stale = current, 0
-            best_state = [p.detach().clone() for p in params]
-        else:
-            stale += 1
-            if stale >= 2:
-                break
-    if best_state is not None:
-        with torch.no_grad():
-            for p, b in zip(params, best_state, strict=True):
-                p.copy_(b)
+            total += loss.detach()
+        assert model.wide is not None
+        penalty = l2 * model.wide.weight.pow(2).sum()
+        penalty.backward()  # type: ignore[no-untyped-call]
+        return total + penalty.detach()
+
+    before = val_loss()
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    after = val_loss()
+    log.info("wide branch (L-BFGS): validation log-loss %.5f (label prior) -> %.5f", before, after)
     for p in params:
         p.requires_grad_(False)
-    return history
+    return [{"stage": "wide", "solver": "lbfgs", "val_log_loss": after, "prior_val_log_loss": before}]
 
 
 def save_model(
