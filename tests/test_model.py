@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cds_service.data.dataset import load_dataset
-from cds_service.evaluation.metrics import macro_auprc, micro_auprc, recall_at_k
+from cds_service.evaluation.metrics import ddi_rate, jaccard, macro_auprc, micro_auprc, recall_at_k
 from cds_service.evaluation.model_card import read_card_text, write_model_card
 from cds_service.evaluation.report import evaluate, fit_baselines, split_samples, write_report
 from cds_service.inference.featurize import (
@@ -23,6 +23,7 @@ from cds_service.inference.featurize import (
     wide_features,
 )
 from cds_service.inference.predictor import Predictor
+from cds_service.inference.recommend import recommendation_sets
 from cds_service.inference.training import TrainOptions, train
 
 
@@ -134,6 +135,16 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
         p = getattr(predictor.score_dataset(ds, test_idx), head)
         assert report[head]["transformer"]["macro_auprc"] == pytest.approx(macro_auprc(y, p))
         assert report[head]["transformer"]["recall@5"] == pytest.approx(recall_at_k(y, p, 5))
+    # medication sets: ours under the interaction-free rule, and the same thresholds without it
+    med = report["medication"]["transformer"]
+    p_med = predictor.score_dataset(ds, test_idx).medication
+    y_med = ds.label_matrix("med")[test_idx]
+    ddi = predictor.medication_interactions
+    sets = recommendation_sets(p_med, predictor.thresholds["medication"], ddi)
+    plain = (p_med >= np.asarray(predictor.thresholds["medication"])).astype(np.float32)
+    assert med["jaccard"] == pytest.approx(jaccard(y_med, sets)) and med["ddi_rate"] == 0
+    assert med["jaccard_without_ddi_rule"] == pytest.approx(jaccard(y_med, plain))
+    assert med["ddi_rate_without_ddi_rule"] == pytest.approx(ddi_rate(plain, ddi))
     assert isinstance(report["verdict"]["all_passed"], bool)
     assert all(isinstance(c["passed"], bool) for c in report["verdict"]["checks"].values())
     # the same seed without the cache refits identical baselines

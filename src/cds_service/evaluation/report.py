@@ -21,7 +21,8 @@ from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_ba
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
 from cds_service.inference.predictor import Predictor
-from cds_service.inference.training import interaction_matrix, label_enriched_subset
+from cds_service.inference.recommend import interaction_matrix, recommendation_sets
+from cds_service.inference.training import label_enriched_subset
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,26 @@ BASELINES = ("prior", "logistic_regression", "lightgbm")
 Array = npt.NDArray[Any]
 
 
-def _set_metrics(y: Array, p: Array, thresholds: Array, ddi: Array) -> dict[str, float]:
-    pred = (p >= thresholds).astype(np.float32)
+def _set_metrics(y: Array, pred: Array, ddi: Array) -> dict[str, float]:
     return {"jaccard": jaccard(y, pred), "f1": f1_samples(y, pred), "ddi_rate": ddi_rate(pred, ddi)}
 
 
-def _metrics(head: str, y: Array, p: Array, thresholds: Array, ddi: Array) -> dict[str, float]:
+def _decisions(system: str, p: Array, thresholds: Array, ddi: Array) -> Array:
+    """What each system recommends: ours applies the interaction-free rule it serves cards with
+    (`inference.recommend`); the baselines recommend every label above their threshold, as specified."""
+    if system.startswith("transformer"):
+        return recommendation_sets(p, thresholds, ddi)
+    return (p >= thresholds).astype(np.float32)
+
+
+def _metrics(system: str, head: str, y: Array, p: Array, thresholds: Array, ddi: Array) -> dict[str, float]:
     out = {name: fn(y, p) for name, fn in SCORE_METRICS.items()}
     if head == "medication":
-        out.update(_set_metrics(y, p, thresholds, ddi))
+        out.update(_set_metrics(y, _decisions(system, p, thresholds, ddi), ddi))
+        if system.startswith("transformer"):
+            # the same thresholds without the rule: what the rule costs in Jaccard, and what it removes
+            plain = _set_metrics(y, (p >= thresholds).astype(np.float32), ddi)
+            out.update({f"{k}_without_ddi_rule": v for k, v in plain.items()})
     return out
 
 
@@ -137,8 +149,8 @@ def evaluate(
         for system, by_head in systems.items():
             p = by_head[head]
             th = thresholds[system]
-            head_report[system] = _metrics(head, y, p, th, ddi)
-            pred = (p >= th).astype(np.float32) if head == "medication" else None
+            head_report[system] = _metrics(system, head, y, p, th, ddi)
+            pred = _decisions(system, p, th, ddi) if head == "medication" else None
             weighted = WeightedMetrics(y, p, pred, ddi if head == "medication" else None)
             draws[system] = [weighted.at(w) for w in weights]
             head_report[system]["ci95"] = {
@@ -281,6 +293,9 @@ def render_markdown(report: dict[str, Any], plot_path: Path | None = None) -> st
         for m in metrics:
             cells = []
             for s in systems:
+                if m not in section[s]:  # e.g. "*_without_ddi_rule": only our systems have the rule
+                    cells.append("n/a")
+                    continue
                 ci = section[s]["ci95"].get(m)
                 cells.append(f"{section[s][m]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")

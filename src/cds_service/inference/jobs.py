@@ -15,6 +15,7 @@ import numpy as np
 from cds_service.errors import DeadlineMissed
 from cds_service.fhir.reader import ReadReport
 from cds_service.inference.live import LiveHistory
+from cds_service.inference.recommend import compatible
 from cds_service.inference.scoring import EvidenceItem, Finding, PatientScorer, PatientScores
 from cds_service.safety.orders import Drug, check_allergies, conflicts
 from cds_service.timeline.builder import TimelineBuilder
@@ -103,7 +104,10 @@ def _choose(scorer: PatientScorer, job: ScoringJob, scores: PatientScores) -> li
         meta = labels[label]
         if probs[label] < thresholds[label] or meta["token"] in excluded:
             continue
-        if job.head == "medication" and not _safe_drug(str(meta.get("display", "")), job):
+        if job.head == "medication" and not (
+            _safe_drug(str(meta.get("display", "")), job)
+            and compatible(label, chosen, scorer.predictor.medication_interactions)
+        ):
             continue
         chosen.append(label)
     return chosen

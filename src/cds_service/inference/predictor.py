@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer
 from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset
 from cds_service.inference.live import LiveFeaturizer
 from cds_service.inference.modeling import HistoryEncoderModel, ModelConfig, pick_device
+from cds_service.inference.recommend import interaction_matrix
 from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ class Predictor:
     @property
     def thresholds(self) -> dict[str, list[float]]:
         return dict(self.calibration["thresholds"])
+
+    @cached_property
+    def medication_interactions(self) -> npt.NDArray[np.float32]:
+        """Medication labels x labels, 1 where the cited table says the two interact."""
+        return interaction_matrix([str(x.get("display", "")) for x in self.labels["medication"]])
 
     def calibrate(self, head: str, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits / float(self.calibration["temperature"][head]))

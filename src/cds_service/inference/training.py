@@ -31,7 +31,7 @@ from cds_service.inference.featurize import (
     wide_features,
 )
 from cds_service.inference.modeling import PROFILES, HistoryEncoderModel, ModelConfig, pick_device
-from cds_service.safety.interactions import interactions_between
+from cds_service.inference.recommend import interaction_matrix
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +97,6 @@ def known_dx_matrix(ds: Dataset, samples: npt.NDArray[Any], width: int = 8) -> n
         ids = ds.rows("sample_known_dx", int(i))[:width]
         out[row, : len(ids)] = ids
     return out
-
-
-def interaction_matrix(names: list[str]) -> npt.NDArray[np.float32]:
-    """1 where two medication labels (by display name) interact according to the cited table."""
-    n = len(names)
-    m = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        for j in range(i + 1, n):
-            if interactions_between(names[i], names[j]):
-                m[i, j] = m[j, i] = 1.0
-    return m
 
 
 def to_tensors(batch: Encoded, device: torch.device) -> dict[str, torch.Tensor]:
