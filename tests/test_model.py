@@ -12,19 +12,20 @@ import torch
 from cds_service.data.dataset import load_dataset
 from cds_service.evaluation.metrics import ddi_rate, jaccard, macro_auprc, micro_auprc, recall_at_k
 from cds_service.evaluation.model_card import read_card_text, write_model_card
-from cds_service.evaluation.report import evaluate, fit_baselines, split_samples, write_report
+from cds_service.evaluation.report import WIDE_LR, evaluate, fit_baselines, split_samples, write_report
 from cds_service.inference.featurize import (
     EncodeConfig,
     TokenSpace,
     WideSpace,
     encode,
     history_from_dataset,
+    pad_batch,
     wide_event_contributions,
     wide_features,
 )
 from cds_service.inference.predictor import Predictor
 from cds_service.inference.recommend import recommendation_sets
-from cds_service.inference.training import TrainOptions, train
+from cds_service.inference.training import TrainOptions, to_tensors, train
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,23 @@ def test_wide_model_learns_and_reloads(synthea_dataset: Path, wide_model: Path) 
     np.testing.assert_array_equal(again.diagnosis, scores.diagnosis[:30])
 
 
+def test_wide_only_scores_are_the_forward_pass_wide_branch(synthea_dataset: Path, wide_model: Path) -> None:
+    """The evaluation's all-samples logistic regression is exactly the wide branch inside the model."""
+    ds = load_dataset(synthea_dataset)
+    predictor = Predictor(wide_model)
+    rows = np.flatnonzero(ds.sample_split() == 2)[:40]
+    wide = predictor.score_dataset_wide_only(ds, rows, batch_size=16)
+    encoded = [encode(history_from_dataset(ds, int(i)), predictor.space, predictor.encode_config)[0] for i in rows]
+    with torch.no_grad():
+        no_known_dx = torch.zeros((len(rows), 1), dtype=torch.int64)
+        out = predictor.model(to_tensors(pad_batch(encoded), predictor.device), no_known_dx)
+    assert out.wide_logits is not None
+    expected = torch.sigmoid(out.wide_logits).numpy()
+    n_dx = predictor.model_config.n_diagnoses
+    np.testing.assert_allclose(wide.diagnosis, expected[:, :n_dx], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(wide.medication, expected[:, n_dx:], rtol=1e-5, atol=1e-7)
+
+
 def test_wide_evidence_shares_add_up_to_the_wide_logit(synthea_dataset: Path, wide_model: Path) -> None:
     """Per-event shares of the wide branch plus its non-code columns are exactly its logit."""
     ds = load_dataset(synthea_dataset)
@@ -145,6 +163,12 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
     assert med["jaccard"] == pytest.approx(jaccard(y_med, sets)) and med["ddi_rate"] == 0
     assert med["jaccard_without_ddi_rule"] == pytest.approx(jaccard(y_med, plain))
     assert med["ddi_rate_without_ddi_rule"] == pytest.approx(ddi_rate(plain, ddi))
+    # the wide branch alone, fitted on every training sample, is the extra logistic-regression system
+    wide = predictor.score_dataset_wide_only(ds, test_idx)
+    y_dx = ds.label_matrix("dx")[test_idx]
+    assert report["diagnosis"][WIDE_LR]["macro_auprc"] == pytest.approx(macro_auprc(y_dx, wide.diagnosis))
+    assert WIDE_LR in report["medication"]["paired_difference"]
+    assert any(WIDE_LR in name or WIDE_LR in c for name, c in report["verdict"]["checks"].items())
     assert isinstance(report["verdict"]["all_passed"], bool)
     assert all(isinstance(c["passed"], bool) for c in report["verdict"]["checks"].values())
     # the same seed without the cache refits identical baselines

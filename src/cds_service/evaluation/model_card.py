@@ -24,7 +24,14 @@ HEADLINE = (
     ("medication", "ddi_rate"),
     ("medication", "ece"),
 )
-SYSTEMS = ("transformer", "transformer_codes_only", "logistic_regression", "lightgbm", "prior")
+SYSTEMS = (
+    "transformer",
+    "transformer_codes_only",
+    "logistic_regression",
+    "lightgbm",
+    "logistic_regression_all_samples",
+    "prior",
+)
 
 
 def _cell(section: dict[str, Any], system: str, metric: str) -> str:
@@ -43,7 +50,9 @@ def performance_table(report: dict[str, Any]) -> str:
         lines.append(f"| {head} | {metric} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences, transformer minus baseline (mean [95% CI]):", ""]
     for head in ("diagnosis", "medication"):
-        for base in ("logistic_regression", "lightgbm"):
+        for base in ("logistic_regression", "lightgbm", "logistic_regression_all_samples"):
+            if base not in report[head]["paired_difference"]:
+                continue
             diffs = report[head]["paired_difference"][base]
             parts = [
                 f"{m} {diffs[m]['mean']:+.3f} [{diffs[m]['ci95'][0]:+.3f}, {diffs[m]['ci95'][1]:+.3f}]"

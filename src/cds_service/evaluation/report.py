@@ -27,6 +27,11 @@ from cds_service.inference.training import label_enriched_subset
 log = logging.getLogger(__name__)
 
 BASELINES = ("prior", "logistic_regression", "lightgbm")
+# The wide branch alone: L2 logistic regression (C = 0.5) on the same bag-of-codes features, fitted on every
+# training sample by the model's own stage 1. Present for wide models; the compute-matched LR comparison
+# where scikit-learn's baselines had to be capped to a subset.
+WIDE_LR = "logistic_regression_all_samples"
+WIDE_THRESHOLD_SAMPLES = 20_000  # seeded training draw for its rate thresholds
 Array = npt.NDArray[Any]
 
 
@@ -122,6 +127,17 @@ def evaluate(
                 baselines[f"{head}/{name}/thresholds"][None], labels, model_labels[head], fill=1.0
             )[0]
 
+    if predictor.wide_space is not None:
+        wide_test = predictor.score_dataset_wide_only(test_ds, test_idx)
+        systems[WIDE_LR] = {"diagnosis": wide_test.diagnosis, "medication": wide_test.medication}
+        draw = _subset(
+            np.flatnonzero(train_ds.sample_split() == 0), WIDE_THRESHOLD_SAMPLES, np.random.default_rng(seed)
+        )
+        wide_train = predictor.score_dataset_wide_only(train_ds, draw)
+        train_labels = {"diagnosis": train_ds.diagnosis_labels, "medication": train_ds.medication_labels}
+        for head, short in heads.items():
+            y_train = align_columns(train_ds.label_matrix(short)[draw], train_labels[head], model_labels[head])
+            baseline_thresholds.setdefault(WIDE_LR, {})[head] = _rate_thresholds(getattr(wide_train, head), y_train)
     ddi = interaction_matrix([x["display"] for x in predictor.labels["medication"]])
     patients = test_ds.arrays["sample_patient"][test_idx]
     weights = patient_weights(patients, n_boot, seed)  # the same resamples for every system: paired
@@ -134,6 +150,12 @@ def evaluate(
         "bootstrap_resamples": n_boot,
         "baseline_train_samples": len(baselines["train_samples"]),
         "baseline_train_weighted": bool("train_weights" in baselines and np.ptp(baselines["train_weights"]) > 0),
+        "systems": {
+            "logistic_regression": "scikit-learn, L2 (C = 0.5), fitted on `baseline_train_samples` samples",
+            "lightgbm": "one LightGBM per label, fitted on `baseline_train_samples` samples",
+            WIDE_LR: "the model's wide branch alone: L2 logistic regression (C = 0.5) on the same features, "
+            "fitted on every training sample (L-BFGS), before the encoder's residual",
+        },
         "note": "diagnosis labels are new-onset disorders only (see README: Labels)",
     }
     for head in heads:
@@ -156,7 +178,9 @@ def evaluate(
             head_report[system]["ci95"] = {
                 k: _basic_ci(head_report[system][k], [d[k] for d in draws[system]]) for k in draws[system][0]
             }
-        head_report["paired_difference"] = {base: _paired(draws["transformer"], draws[base]) for base in BASELINES}
+        head_report["paired_difference"] = {
+            base: _paired(draws["transformer"], draws[base]) for base in systems if not base.startswith("transformer")
+        }
         report[head] = head_report
     report["verdict"] = verdict(report)
     return report
@@ -168,7 +192,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     "Beats beyond the CI" = the 95% CI of the paired difference (transformer minus baseline) lies
     wholly above 0; for ECE and DDI rate lower is better and point estimates are compared."""
     dx, med = report["diagnosis"], report["medication"]
-    strong = ("logistic_regression", "lightgbm")
+    strong = tuple(b for b in ("logistic_regression", "lightgbm", WIDE_LR) if b in dx)
     checks: dict[str, dict[str, Any]] = {}
     for metric in ("macro_auprc", "recall@5"):
         for base in strong:
@@ -187,11 +211,12 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         "transformer": [med["transformer"]["jaccard"], med["transformer"]["ddi_rate"]],
         best_base: [med[best_base]["jaccard"], med[best_base]["ddi_rate"]],
     }
+    logistic = tuple(b for b in strong if b.startswith("logistic_regression"))
     for head, section in (("diagnosis", dx), ("medication", med)):
         checks[f"{head} ECE no worse than logistic regression"] = {
-            "passed": section["transformer"]["ece"] <= section["logistic_regression"]["ece"],
+            "passed": all(section["transformer"]["ece"] <= section[b]["ece"] for b in logistic),
             "transformer": section["transformer"]["ece"],
-            "logistic_regression": section["logistic_regression"]["ece"],
+            **{b: section[b]["ece"] for b in logistic},
         }
     return {"all_passed": all(c["passed"] for c in checks.values()), "checks": checks}
 

@@ -17,11 +17,18 @@ from safetensors.torch import load_file
 
 from cds_service.data.dataset import Dataset
 from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer
-from cds_service.inference.featurize import EncodeConfig, TokenSpace, encode, history_from_dataset
+from cds_service.inference.featurize import (
+    EncodeConfig,
+    TokenSpace,
+    WideSpace,
+    encode,
+    history_from_dataset,
+    pad_batch,
+)
 from cds_service.inference.live import LiveFeaturizer
 from cds_service.inference.modeling import HistoryEncoderModel, ModelConfig, pick_device
 from cds_service.inference.recommend import interaction_matrix
-from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid
+from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid, to_tensors, wide_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,13 @@ class Predictor:
     def thresholds(self) -> dict[str, list[float]]:
         return dict(self.calibration["thresholds"])
 
+    @property
+    def wide_space(self) -> WideSpace | None:
+        """Columns of the wide branch (None for a model without one)."""
+        if self.model.wide is None:
+            return None
+        return WideSpace(self.space.n_codes, tuple(self.encode_config.encounter_classes))
+
     @cached_property
     def medication_interactions(self) -> npt.NDArray[np.float32]:
         """Medication labels x labels, 1 where the cited table says the two interact."""
@@ -91,3 +105,24 @@ class Predictor:
         known = code_map[known_dx_matrix(ds, samples)] * (known_dx_matrix(ds, samples) > 0)
         dx, med = predict_logits(self.model, encoded, known)
         return self._calibrated(dx, med)
+
+    @torch.no_grad()
+    def score_dataset_wide_only(self, ds: Dataset, samples: npt.NDArray[Any], batch_size: int = 1024) -> Scores:
+        """Probabilities of the wide branch alone: L2 logistic regression on the baseline's bag-of-codes
+        features, fitted on every training sample (stage 1 of training), before the encoder's residual.
+        Not temperature-scaled (its own objective calibrates it, as the baselines' does)."""
+        if self.model.wide is None:
+            raise ValueError(f"{self.model_dir.name} has no wide branch")
+        index = {t: i for i, t in enumerate(self.vocab)}
+        code_map = np.asarray([index.get(t, 1) for t in ds.vocab], dtype=np.int64)
+        wide = self.wide_space
+        assert wide is not None
+        logits = []
+        for start in range(0, len(samples), batch_size):
+            rows = wide_rows(ds, samples[start : start + batch_size], wide, code_map)
+            out = self.model.wide_logits(to_tensors(pad_batch(rows), self.device))
+            assert out is not None
+            logits.append(out.float().cpu().numpy())
+        both = np.concatenate(logits) if logits else np.zeros((0, self.model_config.n_diagnoses), np.float32)
+        n_dx = self.model_config.n_diagnoses
+        return Scores(sigmoid(both[:, :n_dx]), sigmoid(both[:, n_dx:]))

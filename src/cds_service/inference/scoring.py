@@ -151,9 +151,7 @@ class PatientScorer:
 
     @property
     def _wide_space(self) -> WideSpace | None:
-        if self.model.wide is None:
-            return None
-        return WideSpace(self.predictor.space.n_codes, tuple(self.predictor.encode_config.encounter_classes))
+        return self.predictor.wide_space
 
     def _wide_shares(self, scores: PatientScores, head: str, label: int) -> npt.NDArray[np.float32] | None:
         """Per history event: its share of the wide branch's logit for `label` (None without the branch)."""

@@ -83,10 +83,16 @@ def encode_samples(ds: Dataset, samples: npt.NDArray[Any], cfg: EncodeConfig) ->
     return [encode(history_from_dataset(ds, int(i)), space, cfg)[0] for i in samples]
 
 
-def wide_rows(ds: Dataset, samples: npt.NDArray[Any], wide: WideSpace) -> list[Encoded]:
+def wide_rows(
+    ds: Dataset, samples: npt.NDArray[Any], wide: WideSpace, code_map: npt.NDArray[np.int64] | None = None
+) -> list[Encoded]:
+    """Wide-branch features per sample; `code_map` maps the dataset's code ids onto a model's."""
     out: list[Encoded] = []
     for i in samples:
-        ids, values = wide_features(history_from_dataset(ds, int(i)), wide)
+        h = history_from_dataset(ds, int(i))
+        if code_map is not None:
+            h.event_token = code_map[h.event_token]
+        ids, values = wide_features(h, wide)
         out.append({"wide_ids": ids, "wide_values": values})
     return out
 
