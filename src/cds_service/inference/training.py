@@ -161,7 +161,8 @@ def fit_thresholds(p: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> li
 
 
 def sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    # exp(-logaddexp(0, -x)) = 1 / (1 + exp(-x)) without overflow for very negative logits
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64))).astype(np.float32)
 
 
 def _out_of_time(started: float, opts: TrainOptions, steps: int = 0) -> bool:
