@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,33 @@ def test_wide_only_scores_are_the_forward_pass_wide_branch(synthea_dataset: Path
     n_dx = predictor.model_config.n_diagnoses
     np.testing.assert_allclose(wide.diagnosis, expected[:, :n_dx], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(wide.medication, expected[:, n_dx:], rtol=1e-5, atol=1e-7)
+
+
+def test_wide_branch_reused_from_a_model_of_the_same_dataset(
+    synthea_dataset: Path, wide_model: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    ds = load_dataset(synthea_dataset)
+    opts = TrainOptions(profile="tiny", epochs=1, max_steps=3, wide=True, wide_from=str(wide_model))
+    train(ds, tmp_path / "reused", opts)
+    source, reused = Predictor(wide_model).model, Predictor(tmp_path / "reused").model
+    assert source.wide is not None and reused.wide is not None
+    torch.testing.assert_close(reused.wide.weight, source.wide.weight, rtol=0, atol=0)
+    torch.testing.assert_close(reused.wide_bias, source.wide_bias, rtol=0, atol=0)
+    history = json.loads((tmp_path / "reused" / "training.json").read_text())["history"]
+    assert history[0] == {"stage": "wide", "solver": "reused", "source": str(wide_model)}
+    deep = history[1]
+    heads = [deep["val_dx_macro_auprc"], deep["val_med_macro_auprc"]]
+    assert deep["val_macro_auprc"] == pytest.approx(np.nanmean(heads))
+
+    with pytest.raises(ValueError, match=r"no wide\.weight"):  # the source has no wide branch
+        train(ds, tmp_path / "x", TrainOptions(profile="tiny", epochs=1, wide=True, wide_from=str(tiny_model)))
+    other = tmp_path / "other-labels"
+    shutil.copytree(wide_model, other)
+    labels = json.loads((other / "labels.json").read_text())
+    labels["diagnosis"] = labels["diagnosis"][::-1]
+    (other / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(ValueError, match=r"labels\.json differs"):
+        train(ds, tmp_path / "y", TrainOptions(profile="tiny", epochs=1, wide=True, wide_from=str(other)))
 
 
 def test_wide_evidence_shares_add_up_to_the_wide_logit(synthea_dataset: Path, wide_model: Path) -> None:
