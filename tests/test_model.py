@@ -116,13 +116,15 @@ def test_wide_branch_reused_from_a_model_of_the_same_dataset(
     synthea_dataset: Path, wide_model: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     ds = load_dataset(synthea_dataset)
-    opts = TrainOptions(profile="tiny", epochs=1, max_steps=3, wide=True, wide_from=str(wide_model))
+    opts = TrainOptions(profile="tiny", epochs=1, max_steps=3, wide=True, wide_from=str(wide_model), dx_loss_weight=3)
     train(ds, tmp_path / "reused", opts)
     source, reused = Predictor(wide_model).model, Predictor(tmp_path / "reused").model
     assert source.wide is not None and reused.wide is not None
     torch.testing.assert_close(reused.wide.weight, source.wide.weight, rtol=0, atol=0)
     torch.testing.assert_close(reused.wide_bias, source.wide_bias, rtol=0, atol=0)
-    history = json.loads((tmp_path / "reused" / "training.json").read_text())["history"]
+    training = json.loads((tmp_path / "reused" / "training.json").read_text())
+    assert training["options"]["dx_loss_weight"] == 3
+    history = training["history"]
     assert history[0] == {"stage": "wide", "solver": "reused", "source": str(wide_model)}
     deep = history[1]
     heads = [deep["val_dx_macro_auprc"], deep["val_med_macro_auprc"]]

@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         wide=args.wide,
         max_steps=args.max_steps,
         wide_from=str(args.wide_from) if args.wide_from else None,
+        dx_loss_weight=args.dx_loss_weight,
     )
     summary = train(load_dataset(args.data), args.out, opts)
     print(json.dumps(summary, indent=2))
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-len", type=int, default=None, help="encoder window in tokens (default: the profile's)")
     tr.add_argument("--note-tokens", type=int, default=None, help="note budget in the window (default: profile's)")
     tr.add_argument("--wide", action="store_true", help="fit a frozen bag-of-codes branch first (see modeling.py)")
+    tr.add_argument("--dx-loss-weight", type=float, default=1.0, help="diagnosis head's weight in the loss")
     tr.add_argument("--wide-from", type=Path, default=None, help="reuse the wide branch of MODEL_DIR (same dataset)")
     tr.set_defaults(func=_train)
 

@@ -57,6 +57,7 @@ class TrainOptions:
     wide: bool = False  # fit and freeze the bag-of-codes branch first; the encoder learns the residual
     wide_max_iter: int = 200  # L-BFGS iterations of the wide stage
     max_steps: int | None = None  # optimizer steps of the encoder stage: a budget that is the same on any machine
+    dx_loss_weight: float = 1.0  # the diagnosis head's share of the loss (its labels are rarer than medications')
     wide_from: str | None = None  # reuse the fitted wide branch of a model trained on the same dataset
 
 
@@ -271,7 +272,9 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
             w = torch.from_numpy(weights[rows]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 result = model(batch, known)
-            per_sample = loss_dx(result.dx_logits.float(), torch.from_numpy(y_dx[train_idx[rows]]).to(device)).sum(1)
+            per_sample = opts.dx_loss_weight * loss_dx(
+                result.dx_logits.float(), torch.from_numpy(y_dx[train_idx[rows]]).to(device)
+            ).sum(1)
             per_sample = per_sample + loss_med(
                 result.med_logits.float(), torch.from_numpy(y_med[train_idx[rows]]).to(device)
             ).sum(1)
