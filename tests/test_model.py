@@ -25,8 +25,9 @@ from cds_service.inference.featurize import (
     wide_features,
 )
 from cds_service.inference.predictor import Predictor
+from cds_service.inference.recalibration import recalibrate
 from cds_service.inference.recommend import recommendation_sets
-from cds_service.inference.training import TrainOptions, to_tensors, train
+from cds_service.inference.training import TrainOptions, fit_residual_scale, sigmoid, to_tensors, train
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,48 @@ def test_wide_branch_reused_from_a_model_of_the_same_dataset(
     (other / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(ValueError, match=r"labels\.json differs"):
         train(ds, tmp_path / "y", TrainOptions(profile="tiny", epochs=1, wide=True, wide_from=str(other)))
+
+
+def test_residual_scale_is_fitted_to_what_validation_supports() -> None:
+    rng = np.random.default_rng(0)
+    wide = rng.normal(-2.0, 1.0, size=(4000, 3)).astype(np.float32)
+    signal = rng.normal(0.0, 1.5, size=(4000, 3)).astype(np.float32)
+    y = (rng.random((4000, 3)) < sigmoid(wide + 0.5 * signal)).astype(np.float32)
+    assert fit_residual_scale(wide + signal, wide, y) == pytest.approx(0.5, abs=0.15)  # overconfident residual
+    assert fit_residual_scale(wide + 0.5 * signal, wide, y) == pytest.approx(1.0, abs=0.15)  # the truth itself
+    noise = rng.normal(0.0, 1.5, size=(4000, 3)).astype(np.float32)
+    assert fit_residual_scale(wide + noise, wide, y) == pytest.approx(0.0, abs=0.15)  # nothing to keep
+
+
+def test_recalibrate_reproduces_training_calibration_and_scale_reaches_scores(
+    synthea_dataset: Path, wide_model: Path, tmp_path: Path
+) -> None:
+    ds = load_dataset(synthea_dataset)
+    copy = tmp_path / "copy"
+    shutil.copytree(wide_model, copy)
+    fitted = json.loads((wide_model / "calibration.json").read_text())
+    assert set(fitted["residual_scale"]) == {"diagnosis", "medication"}
+    again = recalibrate(copy, ds)
+    assert again["residual_scale"] == fitted["residual_scale"]
+    for head in ("diagnosis", "medication"):
+        assert again["temperature"][head] == pytest.approx(fitted["temperature"][head], rel=1e-6)
+        np.testing.assert_allclose(again["thresholds"][head], fitted["thresholds"][head], rtol=1e-5)
+
+    # With none of the residual and no temperature, the model's scores are its wide branch's.
+    (copy / "calibration.json").write_text(
+        json.dumps(
+            {
+                **again,
+                "residual_scale": {"diagnosis": 0.0, "medication": 0.0},
+                "temperature": {"diagnosis": 1.0, "medication": 1.0},
+            }
+        )
+    )
+    predictor = Predictor(copy)
+    rows = np.flatnonzero(ds.sample_split() == 2)[:40]
+    scores, wide = predictor.score_dataset(ds, rows), predictor.score_dataset_wide_only(ds, rows)
+    np.testing.assert_allclose(scores.diagnosis, wide.diagnosis, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores.medication, wide.medication, rtol=1e-5, atol=1e-7)
 
 
 def test_wide_evidence_shares_add_up_to_the_wide_logit(synthea_dataset: Path, wide_model: Path) -> None:

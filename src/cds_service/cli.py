@@ -77,6 +77,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recalibrate(args: argparse.Namespace) -> int:
+    from cds_service.data.dataset import load_dataset
+    from cds_service.inference.recalibration import recalibrate
+
+    calibration = recalibrate(args.model, load_dataset(args.data), args.max_val_samples)
+    print(json.dumps({k: v for k, v in calibration.items() if k != "thresholds"}, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -246,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dx-loss-weight", type=float, default=1.0, help="diagnosis head's weight in the loss")
     tr.add_argument("--wide-from", type=Path, default=None, help="reuse the wide branch of MODEL_DIR (same dataset)")
     tr.set_defaults(func=_train)
+
+    rc = commands.add_parser("recalibrate", help="refit residual scale, temperatures, thresholds on validation")
+    rc.add_argument("--model", type=Path, required=True)
+    rc.add_argument("--data", type=Path, required=True, help="its validation split (same labels as the model)")
+    rc.add_argument("--max-val-samples", type=int, default=None, help="default: the model's training option")
+    rc.set_defaults(func=_recalibrate)
 
     ev = commands.add_parser("evaluate", help="score model and baselines on a test split")
     ev.add_argument("--model", type=Path, required=True)

@@ -7,7 +7,9 @@ Optional wide branch (`n_wide > 0`): a linear model over the whole history's bag
 logistic-regression baseline's features, `featurize.WideSpace`) whose logits are added to both heads.
 Training fits it first and freezes it, so the encoder learns what counts alone cannot see (order,
 recency, values, notes) as a residual on top of a calibrated linear offset; the encoder's window
-can then stay short without losing old history.
+can then stay short without losing old history. Each head keeps `residual_scale` x the encoder's residual,
+a shrinkage toward the wide branch fitted on validation like the temperature (1 = all of it, 0 = the
+logistic regression alone).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class ModelOutput:
 
 
 class HistoryEncoderModel(nn.Module):
+    residual_scale: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -97,6 +101,9 @@ class HistoryEncoderModel(nn.Module):
             self.wide = nn.EmbeddingBag(config.n_wide, n_labels, mode="sum", padding_idx=0)
             nn.init.zeros_(self.wide.weight)
             self.wide_bias = nn.Parameter(torch.zeros(n_labels))
+        # How much of the encoder's residual each head keeps (diagnosis, medication): fitted on validation
+        # after training (calibration.json), 1 while training; not a weight, so not in the safetensors.
+        self.register_buffer("residual_scale", torch.ones(2), persistent=False)
 
     @property
     def token_embeddings(self) -> nn.Embedding:
@@ -131,6 +138,7 @@ class HistoryEncoderModel(nn.Module):
         if wide is None:
             return ModelOutput(dx, med, embeds)
         n_dx = self.config.n_diagnoses
+        dx, med = self.residual_scale[0] * dx, self.residual_scale[1] * med
         return ModelOutput(dx + wide[:, :n_dx], med + wide[:, n_dx:], embeds, wide)
 
     def wide_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

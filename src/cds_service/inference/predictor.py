@@ -63,6 +63,8 @@ class Predictor:
         self.device = device or pick_device()
         self.model = HistoryEncoderModel(self.model_config)
         self.model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+        scale = self.calibration.get("residual_scale", {})  # absent before it was fitted: the whole residual
+        self.model.residual_scale.copy_(torch.tensor([scale.get("diagnosis", 1.0), scale.get("medication", 1.0)]))
         self.model.to(self.device).eval()
         self.version = f"{model_dir.name}@{_file_digest(model_dir / 'model.safetensors')!s:.12}"
 
@@ -91,6 +93,14 @@ class Predictor:
 
     def score_dataset(self, ds: Dataset, samples: npt.NDArray[Any], use_notes: bool = True) -> Scores:
         """Scores for dataset samples; the dataset's code and label ids are mapped onto the model's by token."""
+        encoded, known = self.encode_dataset(ds, samples, use_notes)
+        dx, med = predict_logits(self.model, encoded, known)
+        return self._calibrated(dx, med)
+
+    def encode_dataset(
+        self, ds: Dataset, samples: npt.NDArray[Any], use_notes: bool = True
+    ) -> tuple[list[dict[str, npt.NDArray[Any]]], npt.NDArray[np.int64]]:
+        """Model inputs and known-diagnosis ids of dataset samples, in the model's vocabulary."""
         index = {t: i for i, t in enumerate(self.vocab)}
         code_map = np.asarray([index.get(t, 1) for t in ds.vocab], dtype=np.int64)
         same_notes = _file_digest(ds.path / NOTE_MODEL_FILE) == _file_digest(self.model_dir / NOTE_MODEL_FILE)
@@ -102,9 +112,9 @@ class Predictor:
             h = history_from_dataset(ds, int(i))
             h.event_token = code_map[h.event_token]
             encoded.append(encode(h, self.space, cfg)[0])
-        known = code_map[known_dx_matrix(ds, samples)] * (known_dx_matrix(ds, samples) > 0)
-        dx, med = predict_logits(self.model, encoded, known)
-        return self._calibrated(dx, med)
+        known_ids = known_dx_matrix(ds, samples)
+        known: npt.NDArray[np.int64] = code_map[known_ids] * (known_ids > 0)
+        return encoded, known
 
     @torch.no_grad()
     def score_dataset_wide_only(self, ds: Dataset, samples: npt.NDArray[Any], batch_size: int = 1024) -> Scores:

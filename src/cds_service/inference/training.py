@@ -74,6 +74,27 @@ def label_enriched_subset(
     return samples[keep], weights
 
 
+def training_samples(
+    ds: Dataset, opts: TrainOptions
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """(all training-split samples, the encoder's training subset, its weights, validation samples): seeded,
+    so `recalibrate` finds the very validation samples that training calibrated on."""
+    split = ds.sample_split()
+    all_train, val_idx = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
+    if not len(all_train):
+        raise ValueError(f"{ds.path} has no training-split samples")
+    if not len(val_idx):
+        log.warning("no validation samples: early stopping and calibration fall back to the training split")
+        val_idx = all_train
+    pick = np.random.default_rng(opts.seed)
+    # Encounters without any label are most of the data and carry little signal: keep a share of them
+    # and weight those kept by its inverse, so the loss still estimates the full distribution's.
+    train_idx, weights = label_enriched_subset(ds, all_train, opts.unlabelled_fraction, pick)
+    if opts.max_val_samples is not None and len(val_idx) > opts.max_val_samples:
+        val_idx = np.sort(pick.choice(val_idx, opts.max_val_samples, replace=False))
+    return all_train, train_idx, weights, val_idx
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -124,6 +145,75 @@ def predict_logits(
         dx.append(out.dx_logits.float().cpu().numpy())
         med.append(out.med_logits.float().cpu().numpy())
     return np.concatenate(dx), np.concatenate(med)
+
+
+RESIDUAL_SCALES = np.linspace(0.0, 1.0, 21)
+
+
+def calibrate(
+    model: HistoryEncoderModel,
+    encoded: list[Encoded],
+    known: npt.NDArray[np.int64],
+    y_dx: npt.NDArray[np.float32],
+    y_med: npt.NDArray[np.float32],
+) -> dict[str, Any]:
+    """Per head on validation: the share of the encoder's residual to keep (wide models), the temperature,
+    then the decision thresholds. Sets the model's `residual_scale`; returns calibration.json's content."""
+    heads = ("diagnosis", "medication")
+    scale = {head: 1.0 for head in heads}
+    model.residual_scale.fill_(1.0)
+    val_dx, val_med = predict_logits(model, encoded, known)
+    if model.wide is not None:
+        wide_dx, wide_med = predict_wide_logits(model, encoded)
+        for head, total, wide, y in (("diagnosis", val_dx, wide_dx, y_dx), ("medication", val_med, wide_med, y_med)):
+            scale[head] = fit_residual_scale(total, wide, y)
+        model.residual_scale.copy_(torch.tensor([scale[h] for h in heads]))
+        val_dx, val_med = predict_logits(model, encoded, known)
+    t_dx, t_med = fit_temperature(val_dx, y_dx), fit_temperature(val_med, y_med)
+    return {
+        "residual_scale": scale,
+        "temperature": {"diagnosis": t_dx, "medication": t_med},
+        "thresholds": {
+            "diagnosis": fit_thresholds(sigmoid(val_dx / t_dx), y_dx),
+            "medication": fit_thresholds(sigmoid(val_med / t_med), y_med),
+        },
+        "validation_samples": len(encoded),
+    }
+
+
+def fit_residual_scale(
+    total: npt.NDArray[np.float32], wide: npt.NDArray[np.float32], y: npt.NDArray[np.float32]
+) -> float:
+    """The scale in [0, 1] of the encoder's residual (total - wide) with the lowest validation log-loss after
+    temperature scaling: the encoder keeps only as much of its correction as held-out data supports (on
+    Synthea its diagnosis residual overfits: half of it beats all of it and none of it)."""
+    if not len(total):
+        return 1.0
+    residual = total - wide
+    best, best_loss = 1.0, float("inf")
+    for a in RESIDUAL_SCALES:
+        z = wide + float(a) * residual
+        t = fit_temperature(z, y)
+        loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(z / t), torch.from_numpy(y)))
+        if loss < best_loss - 1e-12:
+            best, best_loss = float(a), loss
+    return best
+
+
+@torch.no_grad()
+def predict_wide_logits(
+    model: HistoryEncoderModel, encoded: list[Encoded], batch_size: int = 256
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The wide branch's logits alone, split into the two heads."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        wide = model.wide_logits(to_tensors(pad_batch(encoded[start : start + batch_size]), device))
+        assert wide is not None
+        out.append(wide.float().cpu().numpy())
+    both = np.concatenate(out)
+    n_dx = model.config.n_diagnoses
+    return both[:, :n_dx], both[:, n_dx:]
 
 
 def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> float:
@@ -185,20 +275,8 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
         wide=opts.wide,
         encounter_classes=classes if opts.wide else (),
     )
-    split = ds.sample_split()
-    all_train, val_idx = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
-    if not len(all_train):
-        raise ValueError(f"{ds.path} has no training-split samples")
-    if not len(val_idx):
-        log.warning("no validation samples: early stopping and calibration fall back to the training split")
-        val_idx = all_train
-    pick = np.random.default_rng(opts.seed)
+    all_train, train_idx, weights, val_idx = training_samples(ds, opts)
     y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
-    # Encounters without any label are most of the data and carry little signal: keep a share of them
-    # and weight those kept by its inverse, so the loss still estimates the full distribution's.
-    train_idx, weights = label_enriched_subset(ds, all_train, opts.unlabelled_fraction, pick)
-    if opts.max_val_samples is not None and len(val_idx) > opts.max_val_samples:
-        val_idx = np.sort(pick.choice(val_idx, opts.max_val_samples, replace=False))
 
     space = TokenSpace(len(ds.vocab), int(ds.manifest.get("note_vocab_size", 0)))
     wide = WideSpace(space.n_codes, classes)
@@ -305,15 +383,7 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     if best_state is not None:
         model.load_state_dict(best_state)
 
-    val_dx, val_med = predict_logits(model, enc_val, known_val)
-    t_dx, t_med = fit_temperature(val_dx, y_dx[val_idx]), fit_temperature(val_med, y_med[val_idx])
-    calibration = {
-        "temperature": {"diagnosis": t_dx, "medication": t_med},
-        "thresholds": {
-            "diagnosis": fit_thresholds(sigmoid(val_dx / t_dx), y_dx[val_idx]),
-            "medication": fit_thresholds(sigmoid(val_med / t_med), y_med[val_idx]),
-        },
-    }
+    calibration = {**calibrate(model, enc_val, known_val, y_dx[val_idx], y_med[val_idx]), "fitted_on": ds.path.name}
     training = {"options": asdict(opts), "history": history, "minutes": (time.monotonic() - started) / 60}
     save_model(model, ds, out, enc_cfg, calibration, training)
     return {"best_val_macro_auprc": best_score, "epochs": len(history), "calibration": calibration["temperature"]}
