@@ -85,8 +85,19 @@ def training_summary(model_dir: Path) -> str:
             f"- wall time: {training.get('minutes', float('nan')):.0f} minutes on 2 CPU cores",
             f"- temperatures: diagnosis {calibration['temperature']['diagnosis']:.3f}, "
             f"medication {calibration['temperature']['medication']:.3f}",
+            *residual_scale_line(calibration),
         ]
     )
+
+
+def residual_scale_line(calibration: dict[str, Any]) -> list[str]:
+    scale = calibration.get("residual_scale")
+    if not scale:
+        return []
+    return [
+        f"- share of the encoder's residual kept (fitted on validation, 0 = wide branch alone): diagnosis "
+        f"{scale['diagnosis']:.2f}, medication {scale['medication']:.2f}"
+    ]
 
 
 def read_card_text(path: Path) -> dict[str, str]:

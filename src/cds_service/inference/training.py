@@ -196,7 +196,7 @@ def fit_residual_scale(
         t = fit_temperature(z, y)
         loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(z / t), torch.from_numpy(y)))
         if loss < best_loss - 1e-12:
-            best, best_loss = float(a), loss
+            best, best_loss = round(float(a), 4), loss
     return best
 
 
