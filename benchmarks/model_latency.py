@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cds_service.inference.modeling import PROFILES, HistoryEncoderModel, ModelConfig
+from cds_service.ml.modeling import PROFILES, HistoryEncoderModel, ModelConfig
 
 
 def forward_flops(cfg: ModelConfig, length: int) -> float:

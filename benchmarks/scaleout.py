@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 import redis
 
-from cds_service.bulk import score_bulk
+from cds_service.core.settings import Settings
 from cds_service.fhir.reader import ReadReport
-from cds_service.inference.backend import InferenceBackend, InProcessBackend
-from cds_service.inference.celery_backend import CeleryBackend
-from cds_service.inference.jobs import ScoringJob
-from cds_service.settings import Settings
+from cds_service.ml.contract import InferenceBackend, ScoringJob
+from cds_service.serving.bulk import score_bulk
+from cds_service.serving.inprocess import InProcessBackend
 from cds_service.timeline.builder import iter_patient_records
-from cds_service.workers.celery_app import heartbeat_key
+from cds_service.workers.client import CeleryBackend
+from cds_service.workers.protocol import heartbeat_key
 
 
 def start_workers(redis_url: str, queue: str, n: int, concurrency: int) -> list[subprocess.Popen[bytes]]:

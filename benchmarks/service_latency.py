@@ -27,12 +27,12 @@ import httpx
 import numpy as np
 import torch
 
+from cds_service.core.settings import get_settings
 from cds_service.fhir.reader import ReadReport, iter_file_resources
-from cds_service.hooks.requests import hook_request, prefetch_for
-from cds_service.inference.featurize import encode, pad_batch
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.training import to_tensors
-from cds_service.settings import get_settings
+from cds_service.hooks.examples import hook_request, prefetch_for
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.features import encode, pad_batch
+from cds_service.ml.tensors import to_tensors
 from cds_service.timeline.builder import TimelineBuilder
 
 

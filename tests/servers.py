@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from cds_service.api.app import create_app
-from cds_service.settings import Settings
+from cds_service.api.main import create_app
+from cds_service.core.settings import Settings
 
 
 def free_port() -> int:

@@ -16,9 +16,9 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
 from cds_service.api.auth import JwtVerifier, ReplayCache
-from cds_service.errors import AuthError
-from cds_service.hooks.requests import hook_request
-from cds_service.settings import Settings
+from cds_service.core.errors import AuthError
+from cds_service.core.settings import Settings
+from cds_service.hooks.examples import hook_request
 from tests.conftest import SPEC_EXAMPLES, load_example
 from tests.servers import free_port, running_server
 

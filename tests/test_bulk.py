@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from cds_service.fhir.profiles import conformance_resources, problems
+from cds_service.conformance.profiles import conformance_resources, problems
 from cds_service.fhir.reader import ReadReport
 from cds_service.timeline.builder import iter_patient_records
 

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import redis
 
-from cds_service.errors import DeadlineMissed
-from cds_service.inference.backend import InProcessBackend
-from cds_service.inference.celery_backend import CeleryBackend
-from cds_service.inference.jobs import ScoringJob, ScoringResult
-from cds_service.settings import Settings
-from cds_service.workers.celery_app import heartbeat_key
+from cds_service.core.errors import DeadlineMissed
+from cds_service.core.settings import Settings
+from cds_service.ml.contract import ScoringJob, ScoringResult
+from cds_service.serving.inprocess import InProcessBackend
+from cds_service.workers.client import CeleryBackend
+from cds_service.workers.protocol import heartbeat_key
 from tests.conftest import bundle_resources
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -146,7 +146,7 @@ def test_redis_down_falls_back_or_gives_up_quickly(local: InProcessBackend, jobs
 
 
 def test_bulk_scoring_fans_out_over_the_workers(worker: None, queue: str, synthea_fhir: Path, tmp_path: Path) -> None:
-    from cds_service.bulk import done_patients, score_bulk
+    from cds_service.serving.bulk import done_patients, score_bulk
 
     backend = CeleryBackend(Settings(redis_url=REDIS_URL, inference_queue=queue), None)
     counts = run(score_bulk(backend, synthea_fhir, tmp_path / "out", chunk_size=2, in_flight=3), backend)
@@ -181,7 +181,7 @@ def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
 ) -> None:
     import httpx
 
-    from cds_service.hooks.requests import hook_request, prefetch_for
+    from cds_service.hooks.examples import hook_request, prefetch_for
     from tests.servers import running_server
 
     url, redis_proc = own_redis

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from cds_service.cli import build_parser
-from cds_service.settings import Settings
+from cds_service.core.settings import Settings
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
 

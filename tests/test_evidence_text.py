@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cds_service.inference.scoring import snap_to_words
+from cds_service.serving.explain import snap_to_words
 
 NOTE = "Patient is a 54 year-old white female.\n Patient has a history of medication review due."
 

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service.cards.drafts import proposed_medication_request, provisional_condition
-from cds_service.fhir.profiles import conformance_resources, problems
+from cds_service.conformance.profiles import conformance_resources, problems
 
 PROFILES = Path(__file__).parents[1] / "fhir_profiles"
 
@@ -22,7 +22,7 @@ def profile(name: str) -> dict[str, object]:
 @pytest.mark.parametrize("name", sorted(conformance_resources()))
 def test_files_are_current_and_valid_fhir(name: str) -> None:
     on_disk = json.loads((PROFILES / name).read_text())
-    assert on_disk == conformance_resources()[name], "run: python -m cds_service.fhir.profiles fhir_profiles"
+    assert on_disk == conformance_resources()[name], "run: python -m cds_service.conformance.profiles fhir_profiles"
     get_fhir_model_class(on_disk["resourceType"]).model_validate(on_disk)
 
 

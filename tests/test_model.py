@@ -14,7 +14,8 @@ from cds_service.data.dataset import load_dataset
 from cds_service.evaluation.metrics import ddi_rate, jaccard, macro_auprc, micro_auprc, recall_at_k
 from cds_service.evaluation.model_card import read_card_text, write_model_card
 from cds_service.evaluation.report import WIDE_LR, evaluate, fit_baselines, split_samples, write_report
-from cds_service.inference.featurize import (
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.features import (
     EncodeConfig,
     TokenSpace,
     WideSpace,
@@ -24,10 +25,12 @@ from cds_service.inference.featurize import (
     wide_event_contributions,
     wide_features,
 )
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.recalibration import recalibrate
-from cds_service.inference.recommend import recommendation_sets
-from cds_service.inference.training import TrainOptions, fit_residual_scale, sigmoid, to_tensors, train
+from cds_service.ml.recommend import recommendation_sets
+from cds_service.ml.tensors import sigmoid, to_tensors
+from cds_service.training.calibration import fit_residual_scale
+from cds_service.training.options import TrainOptions
+from cds_service.training.recalibrate import recalibrate
+from cds_service.training.train import train
 
 
 @pytest.fixture(scope="module")

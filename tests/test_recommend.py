@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from cds_service.core.settings import Settings
 from cds_service.evaluation.metrics import ddi_rate
-from cds_service.inference.jobs import ScoringJob, _choose
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.recommend import interaction_matrix, recommendation_sets
-from cds_service.inference.scoring import PatientScorer, PatientScores
-from cds_service.settings import Settings
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.contract import ScoringJob
+from cds_service.ml.recommend import _choose, interaction_matrix, recommendation_sets
+from cds_service.serving.scorer import PatientScorer, PatientScores
 
 
 def test_more_likely_drug_wins_by_hand() -> None:

@@ -19,11 +19,11 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from sqlalchemy import create_engine, text
 
 from cds_service.cards.builders import EVIDENCE_EXTENSION
-from cds_service.fhir.profiles import conformance_resources, problems
-from cds_service.hooks.requests import hook_request, prefetch_for, searchset
+from cds_service.conformance.profiles import conformance_resources, problems
+from cds_service.core.settings import Settings
+from cds_service.hooks.examples import hook_request, prefetch_for, searchset
 from cds_service.safety.interactions import ingredients_of, interaction_table
 from cds_service.safety.orders import active_drugs
-from cds_service.settings import Settings
 from tests.card_rules import card_problems
 from tests.conftest import SPEC_EXAMPLES, bundle_resources, load_example
 from tests.servers import free_port, running_server

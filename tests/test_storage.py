@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
-from cds_service.hooks.models import FeedbackItem
-from cds_service.settings import Settings
+from cds_service.core.settings import Settings
+from cds_service.hooks.wire import FeedbackItem
 from cds_service.storage.db import Store, make_engine, migrate
 from cds_service.storage.tables import FeedbackRecord
 

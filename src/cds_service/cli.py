@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cds_service.settings import get_settings
+from cds_service.core.settings import get_settings
 
 log = logging.getLogger("cds_service")
 
@@ -55,7 +55,8 @@ def _data_build(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from cds_service.data.dataset import load_dataset
-    from cds_service.inference.training import TrainOptions, train
+    from cds_service.training.options import TrainOptions
+    from cds_service.training.train import train
 
     opts = TrainOptions(
         profile=args.profile,
@@ -79,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _recalibrate(args: argparse.Namespace) -> int:
     from cds_service.data.dataset import load_dataset
-    from cds_service.inference.recalibration import recalibrate
+    from cds_service.training.recalibrate import recalibrate
 
     calibration = recalibrate(args.model, load_dataset(args.data), args.max_val_samples)
     print(json.dumps({k: v for k, v in calibration.items() if k != "thresholds"}, indent=2))
@@ -91,7 +92,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from cds_service.data.dataset import load_dataset
     from cds_service.evaluation.report import evaluate, write_report
-    from cds_service.inference.predictor import Predictor
+    from cds_service.ml.artifacts import Predictor
 
     codes_only = Predictor(args.codes_only_model) if args.codes_only_model else None
     baselines = None
@@ -146,8 +147,8 @@ def _model_card(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cds_service.api.app import create_app
-    from cds_service.settings import Settings
+    from cds_service.api.main import create_app
+    from cds_service.core.settings import Settings
 
     overrides: dict[str, object] = {}
     if args.dev:
@@ -183,8 +184,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _score_bulk(args: argparse.Namespace) -> int:
     import asyncio
 
-    from cds_service.api.app import load_backend
-    from cds_service.bulk import score_bulk
+    from cds_service.runtime import load_backend
+    from cds_service.serving.bulk import score_bulk
 
     settings = get_settings()
     backend = load_backend(settings)
@@ -204,7 +205,7 @@ def _score_bulk(args: argparse.Namespace) -> int:
 
 
 def _worker_health(_: argparse.Namespace) -> int:
-    from cds_service.workers.celery_app import worker_alive_here
+    from cds_service.workers.health import worker_alive_here
 
     try:
         return 0 if worker_alive_here(get_settings()) else 1

@@ -22,9 +22,9 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from cds_service.errors import AuthError
-from cds_service.metrics import AUTH_FAILURES
-from cds_service.settings import Settings
+from cds_service.core.errors import AuthError
+from cds_service.core.settings import Settings
+from cds_service.core.telemetry import AUTH_FAILURES
 
 log = logging.getLogger(__name__)
 JWKS_TTL_S = 300

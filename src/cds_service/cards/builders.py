@@ -7,8 +7,8 @@ from typing import Any
 from cds_service.cards.drafts import proposed_medication_request, provisional_condition
 from cds_service.cards.render import finding_detail, md, override_reasons, source, summary
 from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
-from cds_service.hooks.models import Action, Card, Suggestion
-from cds_service.inference.scoring import Finding
+from cds_service.hooks.wire import Action, Card, Suggestion
+from cds_service.ml.contract import Finding
 from cds_service.safety.orders import AllergyFinding, DuplicateFinding, InteractionFinding
 
 EVIDENCE_EXTENSION = "https://cds-service.dev/cds-hooks/evidence"

@@ -6,8 +6,8 @@ import re
 from datetime import UTC, datetime
 
 from cds_service.fhir.canonical import CARD_TOPIC_SYSTEM, CARD_TOPICS, OVERRIDE_REASON_SYSTEM, OVERRIDE_REASONS
-from cds_service.hooks.models import Coding, Source
-from cds_service.inference.scoring import EvidenceItem, Finding
+from cds_service.hooks.wire import Coding, Source
+from cds_service.ml.contract import EvidenceItem, Finding
 
 SUMMARY_LIMIT = 139  # the spec: "SHALL be less than 140 characters"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")

@@ -17,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from cds_service.data.dataset import Dataset
+from cds_service.data.sampling import label_enriched_subset
 from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_baseline
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.recommend import interaction_matrix, recommendation_sets
-from cds_service.inference.training import label_enriched_subset
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.recommend import interaction_matrix, recommendation_sets
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from cds_service.errors import FhirFetchError
+from cds_service.core.errors import FhirFetchError
+from cds_service.fhir.bundles import entries, next_link
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,6 @@ FHIR_JSON = "application/fhir+json"
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc
-
-
-def next_link(bundle: dict[str, Any]) -> str | None:
-    links = bundle.get("link")
-    if not isinstance(links, list):
-        return None
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return str(link["url"])
-    return None
 
 
 class FhirClient:
@@ -87,16 +78,3 @@ class FhirClient:
             resources.extend(entries(bundle))
             pages += 1
         return resources
-
-
-def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """Resources of a Bundle's entries, skipping malformed entries and OperationOutcome search notes."""
-    out = []
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
-            search = entry.get("search")
-            if isinstance(search, dict) and search.get("mode") == "outcome":
-                continue
-            out.append(resource)
-    return out

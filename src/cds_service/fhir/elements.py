@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
 
@@ -95,3 +98,31 @@ def reference_target(ref: Any) -> str | None:
     if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
         return str(ref["reference"])
     return None
+
+
+INVALID_CONDITION = {"entered-in-error", "refuted"}
+
+
+def _status_codes(resource: dict[str, Any], element: str) -> set[str]:
+    concept = resource.get(element)
+    return {str(c.get("code")) for c in (concept or {}).get("coding") or [] if isinstance(c, dict)}
+
+
+def _encounter_of(resource: dict[str, Any]) -> str | None:
+    ref = resource.get("encounter") or resource.get("context")
+    target = ref.get("reference") if isinstance(ref, dict) else None
+    return target.rsplit("/", 1)[-1] if isinstance(target, str) else None
+
+
+def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None = None) -> list[str]:
+    """Tokens of the patient's (valid) conditions; with `encounter_id`, only those recorded at it."""
+    out = []
+    for r in resources:
+        if r.get("resourceType") != "Condition" or _status_codes(r, "verificationStatus") & INVALID_CONDITION:
+            continue
+        if encounter_id is not None and _encounter_of(r) != encounter_id:
+            continue
+        coded = code_token(r.get("code"))
+        if coded:
+            out.append(coded[0])
+    return list(dict.fromkeys(out))

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from cds_service.errors import FhirFetchError, PrefetchUnavailable
-from cds_service.fhir.client import FhirClient, entries, next_link
-from cds_service.hooks.models import HookRequest
-from cds_service.hooks.services import PATIENT_PREFETCH, ServiceSpec
+from cds_service.core.errors import FhirFetchError, PrefetchUnavailable
+from cds_service.fhir.bundles import entries, next_link
+from cds_service.fhir.client import FhirClient
+from cds_service.hooks.wire import HookRequest
+from cds_service.services.registry import ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +126,16 @@ async def gather(service: ServiceSpec, request: HookRequest, client: FhirClient 
     if data.degraded:
         log.warning("answering with incomplete data: %s", ", ".join(data.degraded))
     return data
+
+
+PATIENT_PREFETCH: dict[str, str] = {
+    "patient": "Patient/{{context.patientId}}",
+    "conditions": "Condition?patient={{context.patientId}}",
+    "medications": "MedicationRequest?patient={{context.patientId}}",
+    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    "encounters": "Encounter?patient={{context.patientId}}",
+    "observations": "Observation?patient={{context.patientId}}",
+    "procedures": "Procedure?patient={{context.patientId}}",
+    "immunizations": "Immunization?patient={{context.patientId}}",
+    "notes": "DocumentReference?patient={{context.patientId}}",
+}

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from cds_service.hooks.models import FeedbackItem
+from cds_service.hooks.wire import FeedbackItem
 from cds_service.storage.tables import AuditRecord, FeedbackRecord
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cds_service.fhir.elements import (
-    code_token,
-    first_datetime,
-    parse_datetime,
-    reference_of,
-    reference_target,
-)
+from cds_service.fhir.elements import code_token, first_datetime, parse_datetime, reference_of, reference_target
 from cds_service.fhir.notes import note_text
 from cds_service.fhir.reader import ReadReport, Resource, fhir_files, iter_file_resources
 from cds_service.timeline.events import EncounterInfo, Event, EventKind, Note, PatientTimeline

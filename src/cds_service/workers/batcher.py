@@ -13,9 +13,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from cds_service.errors import DeadlineMissed
-from cds_service.inference.jobs import ScoringJob, ScoringResult, run_jobs
-from cds_service.inference.scoring import PatientScorer
+from cds_service.core.errors import DeadlineMissed
+from cds_service.ml.contract import ScoringJob, ScoringResult
+from cds_service.serving.jobs import run_jobs
+from cds_service.serving.scorer import PatientScorer
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,13 @@ these models and serialised without `None` members, because the spec forbids nul
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
@@ -209,3 +212,19 @@ def dump(model: BaseModel) -> dict[str, Any]:
     """JSON for the wire: no null members (the spec forbids them)."""
     out: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
     return out
+
+
+class ContextError(ValueError):
+    """The hook's context is invalid; the message names the field."""
+
+
+def validate_context(hook: str, context: dict[str, Any]) -> PatientContext:
+    model = CONTEXTS.get(hook)
+    if model is None:
+        raise ContextError(f"hook: unsupported hook {hook!r}")
+    try:
+        return model.model_validate(context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in ("context", *first["loc"]))
+        raise ContextError(f"{where}: {first['msg']}") from exc

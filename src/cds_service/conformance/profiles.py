@@ -1,6 +1,6 @@
 """The FHIR conformance resources in `fhir_profiles/`, generated from the code that they describe.
 
-`python -m cds_service.fhir.profiles fhir_profiles` rewrites them; a test fails if the files drift from
+`python -m cds_service.conformance.profiles fhir_profiles` rewrites them; a test fails if the files drift from
 this module. `problems(resource, profile)` checks an instance against a profile's differential
 (cardinality, fixed codes and patterns): the subset of validation our own profiles use.
 """
@@ -23,7 +23,7 @@ from cds_service.fhir.canonical import (
     OVERRIDE_REASONS,
     RISK_ASSESSMENT_PROFILE,
 )
-from cds_service.hooks.services import PATIENT_PREFETCH
+from cds_service.hooks.prefetch import PATIENT_PREFETCH
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
 META = {"version": "0.1.0", "status": "draft", "publisher": "cds-service", "date": "2026-11-23"}

@@ -28,15 +28,23 @@ from starlette.concurrency import run_in_threadpool
 
 from cds_service.api.auth import JwtVerifier, ReplayCache
 from cds_service.api.limits import BodySizeLimit
-from cds_service.errors import AuthError, PrefetchUnavailable
-from cds_service.hooks.dispatch import ContextError, HookAnswer, HookDispatcher
-from cds_service.hooks.models import CdsResponse, Discovery, FeedbackItem, FeedbackRequest, HookRequest, dump
-from cds_service.hooks.services import SERVICES, ServiceSpec, discovery
-from cds_service.inference.backend import InferenceBackend, InProcessBackend
-from cds_service.inference.cache import ScoreCache
-from cds_service.inference.jobs import ScoringJob
-from cds_service.metrics import CARDS_RETURNED, FEEDBACK, HOOK_ERRORS, REQUEST_LATENCY
-from cds_service.settings import Settings, get_settings
+from cds_service.core.errors import AuthError, PrefetchUnavailable
+from cds_service.core.settings import Settings, get_settings
+from cds_service.core.telemetry import CARDS_RETURNED, FEEDBACK, HOOK_ERRORS, REQUEST_LATENCY
+from cds_service.hooks.wire import (
+    CdsResponse,
+    ContextError,
+    Discovery,
+    FeedbackItem,
+    FeedbackRequest,
+    HookRequest,
+    dump,
+)
+from cds_service.ml.contract import InferenceBackend
+from cds_service.runtime import load_backend
+from cds_service.services.answer import HookAnswer, HookDispatcher
+from cds_service.services.registry import SERVICES, ServiceSpec, discovery
+from cds_service.serving.cache import ScoreCache
 from cds_service.storage.db import Store, make_engine, migrate
 
 log = logging.getLogger("cds_service.api")
@@ -70,33 +78,6 @@ def _state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(_state)]
-
-
-def load_backend(settings: Settings) -> InferenceBackend | None:
-    if settings.resolved_backend == "celery":
-        from cds_service.inference.celery_backend import CeleryBackend
-
-        local = _load_inprocess(settings) if settings.fallback_inprocess else None
-        log.info(
-            "scoring on Celery workers (queue %s); in-process fallback: %s",
-            settings.inference_queue,
-            "yes" if local else "no",
-        )
-        return CeleryBackend(settings, local)
-    return _load_inprocess(settings)
-
-
-def _load_inprocess(settings: Settings) -> InProcessBackend | None:
-    model_dir = settings.resolved_model_dir
-    if not (model_dir / "model.safetensors").is_file():
-        log.error("no model at %s: services answer with safety cards only", model_dir)
-        return None
-    backend = InProcessBackend.load(model_dir, settings.torch_threads)
-    started = time.perf_counter()
-    warm = ScoringJob("diagnosis", "warm-up", [{"resourceType": "Patient", "id": "warm-up"}], time.time())
-    backend.warm_up(warm)
-    log.info("model %s loaded and warmed in %.0f ms", backend.model_version, (time.perf_counter() - started) * 1e3)
-    return backend
 
 
 def tune_gc() -> None:

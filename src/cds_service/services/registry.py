@@ -9,19 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cds_service.hooks.models import Discovery, ServiceDescription
-
-PATIENT_PREFETCH: dict[str, str] = {
-    "patient": "Patient/{{context.patientId}}",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "medications": "MedicationRequest?patient={{context.patientId}}",
-    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
-    "encounters": "Encounter?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}",
-    "procedures": "Procedure?patient={{context.patientId}}",
-    "immunizations": "Immunization?patient={{context.patientId}}",
-    "notes": "DocumentReference?patient={{context.patientId}}",
-}
+from cds_service.hooks.prefetch import PATIENT_PREFETCH
+from cds_service.hooks.wire import Discovery, ServiceDescription
 
 
 @dataclass(frozen=True)

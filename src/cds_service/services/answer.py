@@ -12,29 +12,27 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from cds_service.cards.builders import (
-    allergy_card,
-    diagnosis_card,
-    duplicate_card,
-    interaction_card,
-    medication_card,
-)
-from cds_service.errors import DeadlineMissed
-from cds_service.fhir.client import FhirClient, entries
-from cds_service.fhir.elements import code_token
-from cds_service.hooks.models import CONTEXTS, Card, HookRequest, OrderSelectContext, OrderSignContext, PatientContext
+from cds_service.cards.builders import allergy_card, diagnosis_card, duplicate_card, interaction_card, medication_card
+from cds_service.core.errors import DeadlineMissed
+from cds_service.core.settings import Settings
+from cds_service.core.telemetry import CACHE_LOOKUPS, DEADLINE_MISSES, DEGRADED, MODEL_SECONDS, PRECOMPUTED
+from cds_service.fhir.bundles import entries
+from cds_service.fhir.client import FhirClient
+from cds_service.fhir.elements import condition_tokens
 from cds_service.hooks.prefetch import PatientData, gather
-from cds_service.hooks.services import ServiceSpec
-from cds_service.inference.backend import InferenceBackend
-from cds_service.inference.cache import ScoreCache, job_key
-from cds_service.inference.jobs import ScoringJob, ScoringResult
-from cds_service.inference.scoring import Finding
-from cds_service.metrics import CACHE_LOOKUPS, DEADLINE_MISSES, DEGRADED, MODEL_SECONDS, PRECOMPUTED
+from cds_service.hooks.wire import (
+    Card,
+    HookRequest,
+    OrderSelectContext,
+    OrderSignContext,
+    PatientContext,
+    validate_context,
+)
+from cds_service.ml.contract import Finding, InferenceBackend, ScoringJob, ScoringResult
 from cds_service.safety.orders import (
     Drug,
     active_drugs,
@@ -44,16 +42,12 @@ from cds_service.safety.orders import (
     conflicts,
     drug_of,
 )
-from cds_service.settings import Settings
+from cds_service.services.registry import ServiceSpec
+from cds_service.serving.cache import ScoreCache, job_key
 
 log = logging.getLogger(__name__)
 MEDICATION_CANDIDATES = 4  # scored and explained per patient; the drafts then filter them
 PRECOMPUTE_DEADLINE_S = 30.0
-INVALID_CONDITION = {"entered-in-error", "refuted"}
-
-
-class ContextError(ValueError):
-    """The hook's context is invalid; the message names the field."""
 
 
 @dataclass
@@ -67,43 +61,6 @@ class HookAnswer:
     @property
     def outcome(self) -> str:
         return "degraded" if self.reasons else "ok"
-
-
-def validate_context(hook: str, context: dict[str, Any]) -> PatientContext:
-    model = CONTEXTS.get(hook)
-    if model is None:
-        raise ContextError(f"hook: unsupported hook {hook!r}")
-    try:
-        return model.model_validate(context)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in ("context", *first["loc"]))
-        raise ContextError(f"{where}: {first['msg']}") from exc
-
-
-def _status_codes(resource: dict[str, Any], element: str) -> set[str]:
-    concept = resource.get(element)
-    return {str(c.get("code")) for c in (concept or {}).get("coding") or [] if isinstance(c, dict)}
-
-
-def _encounter_of(resource: dict[str, Any]) -> str | None:
-    ref = resource.get("encounter") or resource.get("context")
-    target = ref.get("reference") if isinstance(ref, dict) else None
-    return target.rsplit("/", 1)[-1] if isinstance(target, str) else None
-
-
-def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None = None) -> list[str]:
-    """Tokens of the patient's (valid) conditions; with `encounter_id`, only those recorded at it."""
-    out = []
-    for r in resources:
-        if r.get("resourceType") != "Condition" or _status_codes(r, "verificationStatus") & INVALID_CONDITION:
-            continue
-        if encounter_id is not None and _encounter_of(r) != encounter_id:
-            continue
-        coded = code_token(r.get("code"))
-        if coded:
-            out.append(coded[0])
-    return list(dict.fromkeys(out))
 
 
 class HookDispatcher:

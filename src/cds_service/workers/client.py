@@ -20,12 +20,12 @@ import redis
 import redis.asyncio as aioredis
 from kombu.exceptions import OperationalError
 
-from cds_service.errors import DeadlineMissed
-from cds_service.inference.backend import InferenceBackend
-from cds_service.inference.jobs import ScoringJob, ScoringResult
-from cds_service.metrics import BATCH_SIZE, FALLBACKS, QUEUE_WAIT
-from cds_service.settings import Settings
-from cds_service.workers.celery_app import SCORE_TASK, heartbeat_key, make_celery
+from cds_service.core.errors import DeadlineMissed
+from cds_service.core.settings import Settings
+from cds_service.core.telemetry import BATCH_SIZE, FALLBACKS, QUEUE_WAIT
+from cds_service.ml.contract import InferenceBackend, ScoringJob, ScoringResult
+from cds_service.workers.celery_app import make_celery
+from cds_service.workers.protocol import SCORE_TASK, heartbeat_key
 
 log = logging.getLogger(__name__)
 WORKER_STALE_S = 3.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, replace
+import shutil
+from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -13,34 +14,31 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from cds_service.data.dataset import Dataset
 from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer
-from cds_service.inference.featurize import (
+from cds_service.ml.batch import Scores
+from cds_service.ml.features import (
     EncodeConfig,
     TokenSpace,
     WideSpace,
     encode,
     history_from_dataset,
+    known_dx_matrix,
     pad_batch,
+    wide_rows,
 )
-from cds_service.inference.live import LiveFeaturizer
-from cds_service.inference.modeling import HistoryEncoderModel, ModelConfig, pick_device
-from cds_service.inference.recommend import interaction_matrix
-from cds_service.inference.training import known_dx_matrix, predict_logits, sigmoid, to_tensors, wide_rows
+from cds_service.ml.live import LiveFeaturizer
+from cds_service.ml.modeling import HistoryEncoderModel, ModelConfig, pick_device
+from cds_service.ml.recommend import interaction_matrix
+from cds_service.ml.tensors import predict_logits, sigmoid, to_tensors
 
 log = logging.getLogger(__name__)
 
 
 def _file_digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-@dataclass
-class Scores:
-    diagnosis: npt.NDArray[np.float32]  # calibrated probabilities (samples x labels)
-    medication: npt.NDArray[np.float32]
 
 
 class Predictor:
@@ -136,3 +134,24 @@ class Predictor:
         both = np.concatenate(logits) if logits else np.zeros((0, self.model_config.n_diagnoses), np.float32)
         n_dx = self.model_config.n_diagnoses
         return Scores(sigmoid(both[:, :n_dx]), sigmoid(both[:, n_dx:]))
+
+
+def save_model(
+    model: HistoryEncoderModel,
+    ds: Dataset,
+    out: Path,
+    enc_cfg: EncodeConfig,
+    calibration: dict[str, Any],
+    training: dict[str, Any],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    config = {"model": model.config.to_dict(), "encode": asdict(enc_cfg), "dataset": ds.manifest.get("generator")}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "labels.json").write_text(json.dumps(ds.manifest["labels"], indent=2))
+    (out / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    for name in ("vocab.json", "value_bins.json", NOTE_MODEL_FILE):
+        if (ds.path / name).is_file():
+            shutil.copyfile(ds.path / name, out / name)

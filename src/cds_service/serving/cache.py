@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from cds_service.inference.jobs import ScoringJob, ScoringResult
+from cds_service.ml.contract import ScoringJob, ScoringResult
 
 log = logging.getLogger(__name__)
 LOCAL_ENTRIES = 256

@@ -11,7 +11,7 @@ and the label is re-scored in one batch; `drop` is how much the calibrated proba
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,35 +19,15 @@ import numpy.typing as npt
 import torch
 from captum.attr import InputXGradient
 
-from cds_service.inference.featurize import WideSpace, encode, pad_batch, wide_event_contributions, wide_features
-from cds_service.inference.live import LiveHistory
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.training import to_tensors
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.contract import EvidenceItem, Finding
+from cds_service.ml.features import WideSpace, encode, pad_batch, wide_event_contributions, wide_features
+from cds_service.ml.live import LiveHistory
+from cds_service.ml.tensors import to_tensors
+from cds_service.serving.explain import QUOTE_PIECES, snap_to_words
 from cds_service.timeline.events import Event, Note
 
 HEADS = ("diagnosis", "medication")
-QUOTE_PIECES = 16  # note pieces per quoted passage
-
-
-@dataclass
-class EvidenceItem:
-    source: str  # "Condition/abc", "DocumentReference/xyz": present in the patient's data
-    display: str
-    time: float
-    share: float  # share of the label's positive attribution
-    quote: str | None = None  # for notes: the most influential passage
-    drop: float | None = None  # probability lost when this source is deleted (None: not checked)
-
-
-@dataclass
-class Finding:
-    head: str
-    label: int
-    token: str
-    display: str
-    probability: float
-    threshold: float
-    evidence: list[EvidenceItem] = field(default_factory=list)
 
 
 @dataclass
@@ -56,22 +36,6 @@ class PatientScores:
     features: dict[str, npt.NDArray[Any]]
     positions: list[int]  # per input position: event index, -1 CLS, -2-k note k
     probabilities: dict[str, npt.NDArray[np.float32]]
-
-
-def snap_to_words(passage: str, text: str) -> str:
-    """The passage as it stands in the note, widened to whole words, with an ellipsis where it is cut.
-
-    Pieces decode to the model's view of the text, which can start or end inside a word."""
-    flat = " ".join(text.split())
-    at = flat.find(" ".join(passage.split()))
-    if at < 0:
-        return passage
-    end = at + len(" ".join(passage.split()))
-    start = flat.rfind(" ", 0, at) + 1 if at > 0 and flat[at - 1] != " " else at
-    if end < len(flat) and flat[end] != " ":
-        space = flat.find(" ", end)
-        end = len(flat) if space < 0 else space
-    return ("…" if start > 0 else "") + flat[start:end] + ("…" if end < len(flat) else "")
 
 
 class PatientScorer:

@@ -6,7 +6,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from cds_service.hooks.services import PATIENT_PREFETCH
+from cds_service.hooks.prefetch import PATIENT_PREFETCH
 
 # Resource type each prefetch key holds (MedicationRequest key also carries referenced Medications).
 KEY_OF_TYPE = {query.split("?")[0].split("/")[0]: key for key, query in PATIENT_PREFETCH.items()}

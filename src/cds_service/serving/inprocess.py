@@ -12,27 +12,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
-from cds_service.errors import DeadlineMissed
-from cds_service.inference.jobs import ScoringJob, ScoringResult, run_job
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.scoring import PatientScorer
+from cds_service.core.errors import DeadlineMissed
+from cds_service.ml.artifacts import Predictor
+from cds_service.ml.contract import ScoringJob, ScoringResult
+from cds_service.serving.jobs import run_job
+from cds_service.serving.scorer import PatientScorer
 
 log = logging.getLogger(__name__)
-
-
-class InferenceBackend(Protocol):
-    name: str
-
-    @property
-    def model_version(self) -> str | None: ...
-
-    async def score(self, job: ScoringJob, deadline: float) -> ScoringResult: ...
-
-    def close(self) -> None: ...
 
 
 class InProcessBackend:

@@ -21,13 +21,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cds_service.errors import DeadlineMissed
+from cds_service.core.errors import DeadlineMissed
 from cds_service.fhir.canonical import RISK_ASSESSMENT_PROFILE
 from cds_service.fhir.elements import token_system_url
 from cds_service.fhir.reader import ReadReport
-from cds_service.inference.backend import InferenceBackend
-from cds_service.inference.jobs import ScoringJob, ScoringResult
-from cds_service.inference.scoring import Finding
+from cds_service.ml.contract import Finding, InferenceBackend, ScoringJob, ScoringResult
 from cds_service.timeline.builder import iter_patient_records
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from cds_service.ml.contract import ScoringJob
 from cds_service.safety.interactions import interactions_between
+from cds_service.safety.orders import Drug, check_allergies, conflicts
+from cds_service.serving.scorer import PatientScorer, PatientScores
 
 Matrix = npt.NDArray[np.float32]
 
@@ -52,3 +55,31 @@ def recommendation_sets(p: Matrix, thresholds: npt.ArrayLike, interacting: Matri
             else:
                 out[row, label] = 0.0
     return out
+
+
+def _safe_drug(name: str, job: ScoringJob) -> bool:
+    if conflicts(name, job.avoid_drugs):
+        return False
+    return not check_allergies([Drug("MedicationRequest/candidate", name, None)], job.resources)
+
+
+def _choose(scorer: PatientScorer, job: ScoringJob, scores: PatientScores) -> list[int]:
+    labels = scorer.predictor.labels[job.head]
+    thresholds = scorer.predictor.thresholds[job.head]
+    probs = scores.probabilities[job.head]
+    excluded = set(job.exclude)
+    chosen: list[int] = []
+    for k in np.argsort(-probs):
+        label = int(k)
+        if len(chosen) >= job.max_findings or probs[label] < job.min_probability:
+            break
+        meta = labels[label]
+        if probs[label] < thresholds[label] or meta["token"] in excluded:
+            continue
+        if job.head == "medication" and not (
+            _safe_drug(str(meta.get("display", "")), job)
+            and compatible(label, chosen, scorer.predictor.medication_interactions)
+        ):
+            continue
+        chosen.append(label)
+    return chosen

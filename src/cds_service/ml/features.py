@@ -13,6 +13,7 @@ Embedding ids per position: `input_ids` (codes / note pieces), `value_ids` (valu
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cds_service.data.dataset import SEX_IDS
+from cds_service.data.dataset import SEX_IDS, Dataset
+from cds_service.ml.tensors import Encoded
 from cds_service.timeline.events import EventKind
+
+log = logging.getLogger(__name__)
 
 N_VALUE_BINS = 5
 MAX_AGE = 120
@@ -251,3 +255,30 @@ def history_from_dataset(ds: Any, sample: int) -> History:
         sex=sex_ids.get(int(a["patient_sex"][p]), "unknown") if "patient_sex" in a else "unknown",
         encounter_class=classes[sample_class] if 0 <= sample_class < len(classes) else None,
     )
+
+
+def encode_samples(ds: Dataset, samples: npt.NDArray[Any], cfg: EncodeConfig) -> list[Encoded]:
+    space = TokenSpace(len(ds.vocab), int(ds.manifest.get("note_vocab_size", 0)))
+    return [encode(history_from_dataset(ds, int(i)), space, cfg)[0] for i in samples]
+
+
+def wide_rows(
+    ds: Dataset, samples: npt.NDArray[Any], wide: WideSpace, code_map: npt.NDArray[np.int64] | None = None
+) -> list[Encoded]:
+    """Wide-branch features per sample; `code_map` maps the dataset's code ids onto a model's."""
+    out: list[Encoded] = []
+    for i in samples:
+        h = history_from_dataset(ds, int(i))
+        if code_map is not None:
+            h.event_token = code_map[h.event_token]
+        ids, values = wide_features(h, wide)
+        out.append({"wide_ids": ids, "wide_values": values})
+    return out
+
+
+def known_dx_matrix(ds: Dataset, samples: npt.NDArray[Any], width: int = 8) -> npt.NDArray[np.int64]:
+    out = np.zeros((len(samples), width), dtype=np.int64)
+    for row, i in enumerate(samples):
+        ids = ds.rows("sample_known_dx", int(i))[:width]
+        out[row, : len(ids)] = ids
+    return out

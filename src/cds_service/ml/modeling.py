@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from cds_service.inference.featurize import MAX_AGE, MAX_VISITS, N_TIME_BUCKETS
+from cds_service.ml.features import MAX_AGE, MAX_VISITS, N_TIME_BUCKETS
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.data.dataset import Dataset
-from cds_service.inference.predictor import Predictor
-from cds_service.inference.training import TrainOptions, calibrate, training_samples
+from cds_service.ml.artifacts import Predictor
+from cds_service.training.calibration import calibrate
+from cds_service.training.options import TrainOptions, training_samples
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cds_service.data.note_tokenizer import NoteTokenizer
-from cds_service.inference.featurize import History, value_bin
+from cds_service.ml.features import History, value_bin
 from cds_service.timeline.events import Event, EventKind, Note, PatientTimeline
 
 UNK_ID = 1

@@ -1,0 +1,89 @@
+"""TODO docstring (cds_service.ml.contract)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoringJob:
+    head: str  # "diagnosis" | "medication"
+    patient_id: str
+    resources: list[dict[str, Any]]
+    cutoff: float  # seconds since the epoch: inputs strictly before it
+    encounter_id: str | None = None  # the current encounter: its own records are not inputs
+    known_dx: list[str] = field(default_factory=list)  # tokens of the encounter's diagnoses (medication head)
+    exclude: list[str] = field(default_factory=list)  # label tokens never to suggest (already known/ordered)
+    avoid_drugs: list[str] = field(default_factory=list)  # names of drugs a suggestion must not interact with
+    max_findings: int = 3
+    min_probability: float = 0.0
+    deadline_at: float | None = None  # time.time() after which nobody waits for the answer (remote workers)
+
+    def to_json(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies the (megabytes of) resources.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoringJob:
+        return cls(**data)
+
+    def monotonic_deadline(self) -> float | None:
+        return None if self.deadline_at is None else time.monotonic() + (self.deadline_at - time.time())
+
+
+@dataclass
+class ScoringResult:
+    model_version: str
+    findings: list[Finding]
+    timings_ms: dict[str, float]
+    skipped_resources: int = 0
+    batch_size: int = 1  # jobs that shared this forward pass
+    queue_wait_ms: float = 0.0  # time between enqueueing and the start of work (remote workers)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoringResult:
+        findings = [
+            Finding(**{**f, "evidence": [EvidenceItem(**e) for e in f.get("evidence", [])]})
+            for f in data.get("findings", [])
+        ]
+        return cls(**{**data, "findings": findings})
+
+
+@dataclass
+class EvidenceItem:
+    source: str  # "Condition/abc", "DocumentReference/xyz": present in the patient's data
+    display: str
+    time: float
+    share: float  # share of the label's positive attribution
+    quote: str | None = None  # for notes: the most influential passage
+    drop: float | None = None  # probability lost when this source is deleted (None: not checked)
+
+
+@dataclass
+class Finding:
+    head: str
+    label: int
+    token: str
+    display: str
+    probability: float
+    threshold: float
+    evidence: list[EvidenceItem] = field(default_factory=list)
+
+
+class InferenceBackend(Protocol):
+    name: str
+
+    @property
+    def model_version(self) -> str | None: ...
+
+    async def score(self, job: ScoringJob, deadline: float) -> ScoringResult: ...
+
+    def close(self) -> None: ...

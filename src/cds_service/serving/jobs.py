@@ -1,0 +1,79 @@
+"""The unit of model work: a JSON-serialisable scoring job and its result.
+
+A job carries the patient's FHIR resources rather than model inputs, so the same job runs in-process or
+on a remote worker, and featurisation happens next to the model that defines it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cds_service.core.errors import DeadlineMissed
+from cds_service.fhir.reader import ReadReport
+from cds_service.ml.contract import ScoringJob, ScoringResult
+from cds_service.ml.live import LiveHistory
+from cds_service.ml.recommend import _choose
+from cds_service.serving.scorer import PatientScorer
+from cds_service.timeline.builder import TimelineBuilder
+
+
+def _check(deadline: float | None, stage: str) -> None:
+    # Cooperative cancellation: a thread cannot be interrupted, so stop between stages instead of
+    # spending CPU on an answer nobody will wait for.
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineMissed(f"deadline passed before {stage}")
+
+
+def _featurize(scorer: PatientScorer, job: ScoringJob) -> tuple[LiveHistory, int]:
+    report = ReadReport()
+    timeline = TimelineBuilder(report).build(job.patient_id, job.resources)
+    config = scorer.predictor.encode_config
+    live = scorer.predictor.featurizer.featurize(
+        timeline, job.cutoff, job.encounter_id, job.known_dx, config.max_notes if config.note_tokens else 0
+    )
+    return live, sum(report.warnings.values())
+
+
+def run_job(scorer: PatientScorer, job: ScoringJob, deadline: float | None = None) -> ScoringResult:
+    """Score one job; `deadline` (time.monotonic) stops the work between stages once passed."""
+    result = run_jobs(scorer, [job], [deadline])[0]
+    if isinstance(result, DeadlineMissed):
+        raise result
+    return result
+
+
+def run_jobs(
+    scorer: PatientScorer, jobs: list[ScoringJob], deadlines: list[float | None]
+) -> list[ScoringResult | DeadlineMissed]:
+    """Several jobs with one batched forward pass; each job keeps its own deadline and result."""
+    results: list[ScoringResult | DeadlineMissed] = [DeadlineMissed("not scored")] * len(jobs)
+    t0 = time.perf_counter()
+    prepared: list[tuple[int, LiveHistory, int]] = []
+    for i, (job, deadline) in enumerate(zip(jobs, deadlines, strict=True)):
+        try:
+            _check(deadline, "featurisation")
+            live, skipped = _featurize(scorer, job)
+            _check(deadline, "the forward pass")
+            prepared.append((i, live, skipped))
+        except DeadlineMissed as exc:
+            results[i] = exc
+    if not prepared:
+        return results
+    t1 = time.perf_counter()
+    all_scores = scorer.score_many([live for _, live, _ in prepared])
+    t2 = time.perf_counter()
+    for (i, _, skipped), scores in zip(prepared, all_scores, strict=True):
+        try:
+            _check(deadlines[i], "explanations")
+        except DeadlineMissed as exc:
+            results[i] = exc
+            continue
+        start = time.perf_counter()
+        findings = scorer.explain(scores, jobs[i].head, _choose(scorer, jobs[i], scores))
+        timings = {
+            "featurize": (t1 - t0) * 1e3 / len(prepared),
+            "forward": (t2 - t1) * 1e3,
+            "explain": (time.perf_counter() - start) * 1e3,
+        }
+        results[i] = ScoringResult(scorer.predictor.version, findings, timings, skipped, batch_size=len(prepared))
+    return results
