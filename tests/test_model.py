@@ -15,6 +15,7 @@ from cds_service.evaluation.metrics import ddi_rate, jaccard, macro_auprc, micro
 from cds_service.evaluation.model_card import read_card_text, write_model_card
 from cds_service.evaluation.report import WIDE_LR, evaluate, fit_baselines, split_samples, write_report
 from cds_service.ml.artifacts import Predictor
+from cds_service.ml.batch import score_dataset, score_dataset_wide_only
 from cds_service.ml.features import (
     EncodeConfig,
     TokenSpace,
@@ -43,7 +44,7 @@ def tiny_model(synthea_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_tiny_model_learns_above_the_prior(synthea_dataset: Path, tiny_model: Path) -> None:
     ds = load_dataset(synthea_dataset)
     rows = np.flatnonzero(ds.sample_split() == 0)
-    scores = Predictor(tiny_model).score_dataset(ds, rows)
+    scores = score_dataset(Predictor(tiny_model), ds, rows)
     for head, p in (("med", scores.medication), ("dx", scores.diagnosis)):
         y = ds.label_matrix(head)[rows]
         prior = np.tile(y.mean(0), (len(y), 1))
@@ -54,8 +55,8 @@ def test_tiny_model_learns_above_the_prior(synthea_dataset: Path, tiny_model: Pa
 def test_save_and_load_reproduce_scores(synthea_dataset: Path, tiny_model: Path) -> None:
     ds = load_dataset(synthea_dataset)
     rows = np.arange(min(40, len(ds.arrays["sample_patient"])))
-    a = Predictor(tiny_model).score_dataset(ds, rows)
-    b = Predictor(tiny_model).score_dataset(ds, rows)
+    a = score_dataset(Predictor(tiny_model), ds, rows)
+    b = score_dataset(Predictor(tiny_model), ds, rows)
     np.testing.assert_array_equal(a.diagnosis, b.diagnosis)
     np.testing.assert_array_equal(a.medication, b.medication)
     for name in ("model.safetensors", "config.json", "vocab.json", "labels.json", "calibration.json", "notes.model"):
@@ -90,12 +91,12 @@ def test_wide_model_learns_and_reloads(synthea_dataset: Path, wide_model: Path) 
     rows = np.flatnonzero(ds.sample_split() == 0)
     predictor = Predictor(wide_model)
     assert predictor.model.wide is not None and predictor.encode_config.wide
-    scores = predictor.score_dataset(ds, rows)
+    scores = score_dataset(predictor, ds, rows)
     for head, p in (("med", scores.medication), ("dx", scores.diagnosis)):
         y = ds.label_matrix(head)[rows]
         prior = np.tile(y.mean(0), (len(y), 1))
         assert micro_auprc(y, p) > 2 * micro_auprc(y, prior), (head, micro_auprc(y, p), micro_auprc(y, prior))
-    again = Predictor(wide_model).score_dataset(ds, rows[:30])
+    again = score_dataset(Predictor(wide_model), ds, rows[:30])
     np.testing.assert_array_equal(again.diagnosis, scores.diagnosis[:30])
 
 
@@ -104,7 +105,7 @@ def test_wide_only_scores_are_the_forward_pass_wide_branch(synthea_dataset: Path
     ds = load_dataset(synthea_dataset)
     predictor = Predictor(wide_model)
     rows = np.flatnonzero(ds.sample_split() == 2)[:40]
-    wide = predictor.score_dataset_wide_only(ds, rows, batch_size=16)
+    wide = score_dataset_wide_only(predictor, ds, rows, batch_size=16)
     encoded = [encode(history_from_dataset(ds, int(i)), predictor.space, predictor.encode_config)[0] for i in rows]
     with torch.no_grad():
         no_known_dx = torch.zeros((len(rows), 1), dtype=torch.int64)
@@ -182,7 +183,7 @@ def test_recalibrate_reproduces_training_calibration_and_scale_reaches_scores(
     )
     predictor = Predictor(copy)
     rows = np.flatnonzero(ds.sample_split() == 2)[:40]
-    scores, wide = predictor.score_dataset(ds, rows), predictor.score_dataset_wide_only(ds, rows)
+    scores, wide = score_dataset(predictor, ds, rows), score_dataset_wide_only(predictor, ds, rows)
     np.testing.assert_allclose(scores.diagnosis, wide.diagnosis, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(scores.medication, wide.medication, rtol=1e-5, atol=1e-7)
 
@@ -226,12 +227,12 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
         assert set(report[head]) >= {"transformer", "logistic_regression", "lightgbm", "prior", "paired_difference"}
         # the report's figures are the metrics of the scores themselves
         y = ds.label_matrix(short)[test_idx]
-        p = getattr(predictor.score_dataset(ds, test_idx), head)
+        p = getattr(score_dataset(predictor, ds, test_idx), head)
         assert report[head]["transformer"]["macro_auprc"] == pytest.approx(macro_auprc(y, p))
         assert report[head]["transformer"]["recall@5"] == pytest.approx(recall_at_k(y, p, 5))
     # medication sets: ours under the interaction-free rule, and the same thresholds without it
     med = report["medication"]["transformer"]
-    p_med = predictor.score_dataset(ds, test_idx).medication
+    p_med = score_dataset(predictor, ds, test_idx).medication
     y_med = ds.label_matrix("med")[test_idx]
     ddi = predictor.medication_interactions
     sets = recommendation_sets(p_med, predictor.thresholds["medication"], ddi)
@@ -240,7 +241,7 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
     assert med["jaccard_without_ddi_rule"] == pytest.approx(jaccard(y_med, plain))
     assert med["ddi_rate_without_ddi_rule"] == pytest.approx(ddi_rate(plain, ddi))
     # the wide branch alone, fitted on every training sample, is the extra logistic-regression system
-    wide = predictor.score_dataset_wide_only(ds, test_idx)
+    wide = score_dataset_wide_only(predictor, ds, test_idx)
     y_dx = ds.label_matrix("dx")[test_idx]
     assert report["diagnosis"][WIDE_LR]["macro_auprc"] == pytest.approx(macro_auprc(y_dx, wide.diagnosis))
     assert WIDE_LR in report["medication"]["paired_difference"]

@@ -8,8 +8,7 @@ from cds_service.core.settings import Settings
 from cds_service.evaluation.metrics import ddi_rate
 from cds_service.ml.artifacts import Predictor
 from cds_service.ml.contract import ScoringJob
-from cds_service.ml.recommend import _choose, interaction_matrix, recommendation_sets
-from cds_service.serving.scorer import PatientScorer, PatientScores
+from cds_service.ml.recommend import choose, interaction_matrix, recommendation_sets
 
 
 def test_more_likely_drug_wins_by_hand() -> None:
@@ -56,8 +55,8 @@ def test_service_never_suggests_two_interacting_drugs() -> None:
     probs[a], probs[b] = 0.99, 0.98
     others = [i for i in np.flatnonzero(reachable) if not interacting[i, [a, b]].any() and i not in (a, b)][:1]
     probs[others] = 0.97
-    scores = PatientScores(live=None, features={}, positions=[], probabilities={"medication": probs})  # type: ignore[arg-type]
     job = ScoringJob(head="medication", patient_id="p", resources=[], cutoff=0.0, max_findings=3)
-    chosen = _choose(PatientScorer(predictor), job, scores)
+    labels, thresholds = predictor.labels["medication"], predictor.thresholds["medication"]
+    chosen = choose(job, probs, labels, thresholds, interacting)
     assert a in chosen and b not in chosen
     assert others[0] in chosen

@@ -1,4 +1,6 @@
-"""TODO docstring (cds_service.data.sampling)."""
+"""Which training samples to fit on: every labelled one plus a weighted share of the unlabelled.
+
+Shared by the encoder's training and the baselines, so both see the same distribution."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_ba
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
 from cds_service.ml.artifacts import Predictor
+from cds_service.ml.batch import score_dataset, score_dataset_wide_only
 from cds_service.ml.recommend import interaction_matrix, recommendation_sets
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,12 @@ def evaluate(
     model_labels = {h: [x["token"] for x in predictor.labels[h]] for h in heads}
     ds_labels = {"diagnosis": test_ds.diagnosis_labels, "medication": test_ds.medication_labels}
 
-    scores = predictor.score_dataset(test_ds, test_idx)
+    scores = score_dataset(predictor, test_ds, test_idx)
     systems: dict[str, dict[str, Array]] = {
         "transformer": {"diagnosis": scores.diagnosis, "medication": scores.medication}
     }
     if codes_only is not None:
-        ablated = codes_only.score_dataset(test_ds, test_idx, use_notes=False)
+        ablated = score_dataset(codes_only, test_ds, test_idx, use_notes=False)
         systems["transformer_codes_only"] = {"diagnosis": ablated.diagnosis, "medication": ablated.medication}
     y_test = {
         head: align_columns(test_ds.label_matrix(short)[test_idx], ds_labels[head], model_labels[head])
@@ -128,12 +129,12 @@ def evaluate(
             )[0]
 
     if predictor.wide_space is not None:
-        wide_test = predictor.score_dataset_wide_only(test_ds, test_idx)
+        wide_test = score_dataset_wide_only(predictor, test_ds, test_idx)
         systems[WIDE_LR] = {"diagnosis": wide_test.diagnosis, "medication": wide_test.medication}
         draw = _subset(
             np.flatnonzero(train_ds.sample_split() == 0), WIDE_THRESHOLD_SAMPLES, np.random.default_rng(seed)
         )
-        wide_train = predictor.score_dataset_wide_only(train_ds, draw)
+        wide_train = score_dataset_wide_only(predictor, train_ds, draw)
         train_labels = {"diagnosis": train_ds.diagnosis_labels, "medication": train_ds.medication_labels}
         for head, short in heads.items():
             y_train = align_columns(train_ds.label_matrix(short)[draw], train_labels[head], model_labels[head])

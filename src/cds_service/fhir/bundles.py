@@ -1,4 +1,4 @@
-"""TODO docstring (cds_service.fhir.bundles)."""
+"""Bundle access on plain JSON: the resources of a Bundle's entries and its `next` link (pagination)."""
 
 from __future__ import annotations
 

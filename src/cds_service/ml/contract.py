@@ -1,13 +1,16 @@
-"""TODO docstring (cds_service.ml.contract)."""
+"""The seam between the online path and the model: scoring jobs, their results and findings, and the
+`InferenceBackend` that runs them. Standard library only.
+
+A job carries the patient's FHIR resources rather than model inputs, so the same job runs in-process or
+on a remote worker, and featurisation happens next to the model that defines it. Services, cards and
+workers pass these types around without importing torch (`tests/test_architecture.py` checks it).
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -22,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from cds_service.data.dataset import SEX_IDS, Dataset
-from cds_service.ml.tensors import Encoded
 from cds_service.timeline.events import EventKind
+
+Encoded = dict[str, npt.NDArray[Any]]  # one sample's model inputs, by input name
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class EncodeConfig:
     max_len: int = 512
     note_tokens: int = 64  # budget for note pieces within max_len
     max_notes: int = 2
+    # Caps that training and serving must share; saved in the model's config.json (older models lack them
+    # and get these defaults, the values they were trained with).
+    max_known_dx: int = 8  # known diagnoses of the encounter given to the medication head
+    max_note_pieces: int = 128  # SentencePiece pieces kept per note (the dataset's BuildOptions.max_note_pieces)
     wide: bool = False  # also emit the bag-of-codes features of the wide branch
     encounter_classes: tuple[str, ...] = ()  # one-hot columns of the wide branch
 
@@ -276,7 +281,7 @@ def wide_rows(
     return out
 
 
-def known_dx_matrix(ds: Dataset, samples: npt.NDArray[Any], width: int = 8) -> npt.NDArray[np.int64]:
+def known_dx_matrix(ds: Dataset, samples: npt.NDArray[Any], width: int) -> npt.NDArray[np.int64]:
     out = np.zeros((len(samples), width), dtype=np.int64)
     for row, i in enumerate(samples):
         ids = ds.rows("sample_known_dx", int(i))[:width]

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cds_service.data.note_tokenizer import NoteTokenizer
-from cds_service.ml.features import History, value_bin
+from cds_service.ml.features import EncodeConfig, History, value_bin
 from cds_service.timeline.events import Event, EventKind, Note, PatientTimeline
 
 UNK_ID = 1
-MAX_NOTE_PIECES = 128  # BuildOptions.max_note_pieces: what a dataset stores per note
 
 
 @dataclass
@@ -28,10 +27,17 @@ class LiveHistory:
 
 
 class LiveFeaturizer:
-    def __init__(self, vocab: list[str], value_bins: dict[str, list[float]], notes: NoteTokenizer | None) -> None:
+    def __init__(
+        self,
+        vocab: list[str],
+        value_bins: dict[str, list[float]],
+        notes: NoteTokenizer | None,
+        config: EncodeConfig,
+    ) -> None:
         self.index = {t: i for i, t in enumerate(vocab)}
         self.value_bins = value_bins
         self.notes = notes
+        self.config = config  # the model's own caps (config.json), never constants copied from training
 
     def token_id(self, token: str) -> int:
         return self.index.get(token, UNK_ID)
@@ -72,7 +78,7 @@ class LiveFeaturizer:
             event_visit=np.asarray([visits.get(e.encounter or "", -1) for e in events], dtype=np.int64),
             note_time=np.asarray([n.time for n in notes], dtype=np.float64),
             note_pieces=[
-                np.asarray(self.notes.encode(n.text, MAX_NOTE_PIECES), dtype=np.int64)
+                np.asarray(self.notes.encode(n.text, self.config.max_note_pieces), dtype=np.int64)
                 for n in notes
                 if self.notes is not None
             ],
@@ -81,4 +87,5 @@ class LiveFeaturizer:
             if encounter_id in timeline.encounters
             else None,
         )
-        return LiveHistory(history, events, notes, [self.token_id(t) for t in known_dx or []])
+        known = [self.token_id(t) for t in (known_dx or [])[: self.config.max_known_dx]]  # training's cap
+        return LiveHistory(history, events, notes, known)

@@ -3,13 +3,14 @@
 The training penalty lowers the probability that interacting drugs are scored high together but cannot
 forbid it, and a recommendation list that pairs interacting drugs is a safety defect. So the decision is
 greedy and hard: labels in descending probability, each kept only if it interacts with none kept before
-it (the more likely drug wins; the other is not recommended). Cards (`jobs._choose`) and evaluation use
+it (the more likely drug wins; the other is not recommended). Cards (`choose`) and evaluation use
 this one rule, so the reported Jaccard and DDI rate are those of what a physician would be shown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +18,6 @@ import numpy.typing as npt
 from cds_service.ml.contract import ScoringJob
 from cds_service.safety.interactions import interactions_between
 from cds_service.safety.orders import Drug, check_allergies, conflicts
-from cds_service.serving.scorer import PatientScorer, PatientScores
 
 Matrix = npt.NDArray[np.float32]
 
@@ -57,28 +57,34 @@ def recommendation_sets(p: Matrix, thresholds: npt.ArrayLike, interacting: Matri
     return out
 
 
-def _safe_drug(name: str, job: ScoringJob) -> bool:
+def safe_drug(name: str, job: ScoringJob) -> bool:
+    """A candidate drug interacts with none of the job's drugs to avoid and hits none of its allergies."""
     if conflicts(name, job.avoid_drugs):
         return False
     return not check_allergies([Drug("MedicationRequest/candidate", name, None)], job.resources)
 
 
-def _choose(scorer: PatientScorer, job: ScoringJob, scores: PatientScores) -> list[int]:
-    labels = scorer.predictor.labels[job.head]
-    thresholds = scorer.predictor.thresholds[job.head]
-    probs = scores.probabilities[job.head]
+def choose(
+    job: ScoringJob,
+    probabilities: Matrix,
+    labels: Sequence[dict[str, Any]],
+    thresholds: Sequence[float],
+    interacting: Matrix,
+) -> list[int]:
+    """The labels a card may show for one patient: most likely first, each above its own threshold and
+    `job.min_probability`, none excluded by the job, and (medications) each safe for the patient and
+    interacting with none chosen before it. At most `job.max_findings`."""
     excluded = set(job.exclude)
     chosen: list[int] = []
-    for k in np.argsort(-probs):
+    for k in np.argsort(-probabilities):
         label = int(k)
-        if len(chosen) >= job.max_findings or probs[label] < job.min_probability:
+        if len(chosen) >= job.max_findings or probabilities[label] < job.min_probability:
             break
         meta = labels[label]
-        if probs[label] < thresholds[label] or meta["token"] in excluded:
+        if probabilities[label] < thresholds[label] or meta["token"] in excluded:
             continue
         if job.head == "medication" and not (
-            _safe_drug(str(meta.get("display", "")), job)
-            and compatible(label, chosen, scorer.predictor.medication_interactions)
+            safe_drug(str(meta.get("display", "")), job) and compatible(label, chosen, interacting)
         ):
             continue
         chosen.append(label)

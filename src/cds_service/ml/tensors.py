@@ -1,23 +1,18 @@
-"""TODO docstring (cds_service.ml.tensors)."""
+"""Encoded samples to tensors, and batched logits of a model: what training, calibration and batch scoring
+share (live scoring batches its own in `serving.scorer`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from cds_service.ml.features import (
-    pad_batch,
-)
+from cds_service.ml.features import Encoded, pad_batch
 from cds_service.ml.modeling import HistoryEncoderModel
 
 log = logging.getLogger(__name__)
-
-
-Encoded = dict[str, npt.NDArray[Any]]
 
 
 def to_tensors(batch: Encoded, device: torch.device) -> dict[str, torch.Tensor]:

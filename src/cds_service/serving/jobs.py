@@ -1,7 +1,7 @@
-"""The unit of model work: a JSON-serialisable scoring job and its result.
+"""Running scoring jobs: featurise, one batched forward pass, choose the labels, explain them.
 
-A job carries the patient's FHIR resources rather than model inputs, so the same job runs in-process or
-on a remote worker, and featurisation happens next to the model that defines it.
+Every stage boundary checks the job's deadline (cooperative cancellation), so a job whose caller has
+stopped waiting costs no more CPU; each job of a batch keeps its own deadline and result.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from cds_service.core.errors import DeadlineMissed
 from cds_service.fhir.reader import ReadReport
 from cds_service.ml.contract import ScoringJob, ScoringResult
 from cds_service.ml.live import LiveHistory
-from cds_service.ml.recommend import _choose
-from cds_service.serving.scorer import PatientScorer
+from cds_service.ml.recommend import choose
+from cds_service.serving.explain import Explainer
+from cds_service.serving.scorer import PatientScorer, PatientScores
 from cds_service.timeline.builder import TimelineBuilder
 
 
@@ -32,6 +33,17 @@ def _featurize(scorer: PatientScorer, job: ScoringJob) -> tuple[LiveHistory, int
         timeline, job.cutoff, job.encounter_id, job.known_dx, config.max_notes if config.note_tokens else 0
     )
     return live, sum(report.warnings.values())
+
+
+def _chosen(scorer: PatientScorer, job: ScoringJob, scores: PatientScores) -> list[int]:
+    predictor = scorer.predictor
+    return choose(
+        job,
+        scores.probabilities[job.head],
+        predictor.labels[job.head],
+        predictor.thresholds[job.head],
+        predictor.medication_interactions,
+    )
 
 
 def run_job(scorer: PatientScorer, job: ScoringJob, deadline: float | None = None) -> ScoringResult:
@@ -69,7 +81,7 @@ def run_jobs(
             results[i] = exc
             continue
         start = time.perf_counter()
-        findings = scorer.explain(scores, jobs[i].head, _choose(scorer, jobs[i], scores))
+        findings = Explainer(scorer).explain(scores, jobs[i].head, _chosen(scorer, jobs[i], scores))
         timings = {
             "featurize": (t1 - t0) * 1e3 / len(prepared),
             "forward": (t2 - t1) * 1e3,

@@ -1,4 +1,8 @@
-"""TODO docstring (cds_service.training.calibration)."""
+"""Calibration fitted on validation after training: the residual scale per head (how much of the encoder's
+correction over the wide branch to keep), one temperature per head, then per-label decision thresholds.
+
+`calibrate` is shared by `train` and `recalibrate`, so a model recalibrated on a site's own data is
+calibrated exactly the way training calibrated it."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from cds_service.ml.features import Encoded
 from cds_service.ml.modeling import HistoryEncoderModel
-from cds_service.ml.tensors import Encoded, predict_logits, predict_wide_logits, sigmoid
+from cds_service.ml.tensors import predict_logits, predict_wide_logits, sigmoid
 
 log = logging.getLogger(__name__)
 

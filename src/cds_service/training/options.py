@@ -1,4 +1,7 @@
-"""TODO docstring (cds_service.training.options)."""
+"""What `cds-service train` can be told, and which samples it trains and calibrates on.
+
+`training_samples` is seeded by the options, so `recalibrate` finds the very validation samples that
+training calibrated on."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from cds_service.data.dataset import Dataset
 from cds_service.ml.artifacts import Predictor
+from cds_service.ml.batch import encode_dataset
 from cds_service.training.calibration import calibrate
 from cds_service.training.options import TrainOptions, training_samples
 
@@ -30,7 +31,7 @@ def recalibrate(model_dir: Path, ds: Dataset, max_val_samples: int | None = None
     predictor = Predictor(model_dir)
     if ds.manifest["labels"] != predictor.labels:
         raise ValueError(f"{ds.path}: its labels differ from the model's; recalibration needs the same label set")
-    encoded, known = predictor.encode_dataset(ds, val_idx)
+    encoded, known = encode_dataset(predictor, ds, val_idx)
     y_dx, y_med = ds.label_matrix("dx")[val_idx], ds.label_matrix("med")[val_idx]
     calibration = calibrate(predictor.model, encoded, known, y_dx, y_med)
     calibration["fitted_on"] = ds.path.name

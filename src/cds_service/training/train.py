@@ -59,6 +59,7 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
         note_tokens=note_tokens if opts.use_notes else 0,
         wide=opts.wide,
         encounter_classes=classes if opts.wide else (),
+        max_note_pieces=int(ds.manifest.get("options", {}).get("max_note_pieces", EncodeConfig.max_note_pieces)),
     )
     all_train, train_idx, weights, val_idx = training_samples(ds, opts)
     y_dx, y_med = ds.label_matrix("dx"), ds.label_matrix("med")
@@ -87,7 +88,7 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
 
     log.info("encoding %d train and %d validation samples", len(train_idx), len(val_idx))
     enc_train, enc_val = encode_samples(ds, train_idx, enc_cfg), encode_samples(ds, val_idx, enc_cfg)
-    known_train, known_val = known_dx_matrix(ds, train_idx), known_dx_matrix(ds, val_idx)
+    known_train, known_val = (known_dx_matrix(ds, idx, enc_cfg.max_known_dx) for idx in (train_idx, val_idx))
 
     def pos_weight(y: npt.NDArray[np.float32]) -> torch.Tensor | None:
         if opts.wide:

@@ -1,4 +1,5 @@
-"""TODO docstring (cds_service.training.wide)."""
+"""Stage 1 of training: the wide (bag-of-codes) branch as L2 logistic regression, fitted to convergence and
+frozen, or reused from an earlier model trained on the same dataset; the encoder then learns the residual."""
 
 from __future__ import annotations
 

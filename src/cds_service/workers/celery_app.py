@@ -1,23 +1,21 @@
-"""The one Celery app: broker and results in Redis, JSON only, and the worker's model and heartbeat.
+"""The one Celery app factory: broker and results in Redis, JSON only, fail fast when Redis is gone.
 
+Both sides build their app from injected settings: the API's client (`workers.client`) to publish, the
+worker process (`workers.tasks.worker_app`) to consume. Nothing is read from the environment at import.
 Workers: `cds-service worker` (one per GPU) = `celery worker --pool threads --concurrency B -Q <queue>`.
-The model is loaded once per worker process, on first need or when the worker starts; the device is
-CUDA (bf16 autocast) when present, CPU otherwise. A heartbeat in Redis tells the API a worker is alive.
 """
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 
-from cds_service.core.settings import Settings, get_settings
+from cds_service.core.settings import Settings
 
-log = logging.getLogger(__name__)
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def make_celery(settings: Settings) -> Celery:
-    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    url = settings.redis_url or DEFAULT_REDIS
     app = Celery("cds_service", broker=url, backend=url)
     app.conf.update(
         task_serializer="json",
@@ -35,6 +33,3 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry=False,
     )
     return app
-
-
-app = make_celery(get_settings())

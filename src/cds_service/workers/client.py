@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,10 +24,17 @@ from cds_service.core.settings import Settings
 from cds_service.core.telemetry import BATCH_SIZE, FALLBACKS, QUEUE_WAIT
 from cds_service.ml.contract import InferenceBackend, ScoringJob, ScoringResult
 from cds_service.workers.celery_app import make_celery
-from cds_service.workers.protocol import SCORE_TASK, heartbeat_key
+from cds_service.workers.protocol import (
+    DEADLINE_MISSED,
+    SCORE_TASK,
+    WORKER_STALE_S,
+    heartbeat_key,
+    job_key_ttl_s,
+    new_job_key,
+    new_reply_key,
+)
 
 log = logging.getLogger(__name__)
-WORKER_STALE_S = 3.0
 
 
 class CeleryBackend:
@@ -70,8 +76,8 @@ class CeleryBackend:
         return await self.fallback.score(job, deadline)
 
     def _send(self, job: ScoringJob, expires_s: float, reply_to: str) -> Any:
-        job_key = f"cds:job:{uuid.uuid4().hex}"
-        self._redis.set(job_key, json.dumps(job.to_json()), ex=max(int(expires_s) + 5, 5))
+        job_key = new_job_key()
+        self._redis.set(job_key, json.dumps(job.to_json()), ex=job_key_ttl_s(expires_s))
         return self.app.send_task(
             SCORE_TASK,
             args=[job_key, time.time(), reply_to],
@@ -102,7 +108,7 @@ class CeleryBackend:
             return await self._fall_back(job, deadline, "redis-down")
         if not alive:
             return await self._fall_back(job, deadline, "no-worker")
-        reply_to = f"cds:reply:{uuid.uuid4().hex}"
+        reply_to = new_reply_key()
         try:
             await self._blocking(deadline, self._send, job, remaining, reply_to)
         except (OperationalError, redis.RedisError, OSError):
@@ -121,8 +127,8 @@ class CeleryBackend:
             FALLBACKS.labels(reason="deadline").inc()
             raise DeadlineMissed("no worker answer before the deadline")
         payload = json.loads(popped[1])
-        if "deadline_missed" in payload:
-            raise DeadlineMissed(str(payload["deadline_missed"]))
+        if DEADLINE_MISSED in payload:
+            raise DeadlineMissed(str(payload[DEADLINE_MISSED]))
         result = ScoringResult.from_json(payload)
         BATCH_SIZE.observe(result.batch_size)
         QUEUE_WAIT.observe(result.queue_wait_ms / 1000)
