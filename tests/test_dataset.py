@@ -16,9 +16,9 @@ import pytest
 from cds_service.data.build import BuildOptions, build_dataset
 from cds_service.data.dataset import load_dataset
 from cds_service.data.labels import encounter_labels, is_disorder
-from cds_service.fhir.elements import code_token
+from cds_service.fhir.elements import code_token, ref_id
 from cds_service.fhir.reader import ReadReport
-from cds_service.timeline.builder import build_timelines, ref_id
+from cds_service.timeline.builder import build_timelines
 from tests.conftest import bundle_resources
 
 SMALL = BuildOptions(min_label_count=1, min_token_count=1, note_vocab_size=500)

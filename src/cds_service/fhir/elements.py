@@ -126,3 +126,13 @@ def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None =
         if coded:
             out.append(coded[0])
     return list(dict.fromkeys(out))
+
+
+def ref_id(reference: str | None) -> str | None:
+    """The id a reference points at, whether written `Type/id`, `urn:uuid:id` or an absolute URL."""
+    if not reference:
+        return None
+    if reference.startswith("urn:uuid:"):
+        return reference[len("urn:uuid:") :]
+    tail = reference.rstrip("/").rsplit("/", 1)[-1]
+    return tail or None

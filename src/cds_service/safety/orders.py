@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.fhir.elements import code_token
+from cds_service.fhir.medications import medication_concept, medication_index, medication_reference_display
 from cds_service.safety.interactions import Interaction, ingredients_of, interactions_between
 
 ACTIVE_MED_STATUSES = {"active", "on-hold"}
@@ -79,19 +80,13 @@ def drug_of(resource: dict[str, Any], medications: dict[str, dict[str, Any]]) ->
     """The drug a MedicationRequest orders (inline concept, or a referenced/contained Medication)."""
     if resource.get("resourceType") != "MedicationRequest" or not resource.get("id"):
         return None
-    name, token = _concept_name(resource.get("medicationCodeableConcept"))
-    ref = resource.get("medicationReference")
-    if not name and isinstance(ref, dict):
-        target = str(ref.get("reference") or "")
-        contained = {f"#{c.get('id')}": c for c in resource.get("contained") or [] if isinstance(c, dict)}
-        med = contained.get(target) or medications.get(target.rsplit("/", 1)[-1])
-        name, token = _concept_name(med.get("code") if med else None)
-        name = name or str(ref.get("display") or "")
+    name, token = _concept_name(medication_concept(resource, medications))
+    name = name or medication_reference_display(resource)
     return Drug(f"MedicationRequest/{resource['id']}", name, token) if name else None
 
 
 def active_drugs(resources: list[dict[str, Any]], exclude: set[str]) -> list[Drug]:
-    medications = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Medication"}
+    medications = medication_index(resources)
     out = []
     for r in resources:
         if r.get("resourceType") == "MedicationRequest" and r.get("status") in ACTIVE_MED_STATUSES:

@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cds_service.fhir.elements import code_token, first_datetime, parse_datetime, reference_of, reference_target
+from cds_service.fhir.elements import code_token, first_datetime, parse_datetime, ref_id, reference_of, reference_target
+from cds_service.fhir.medications import medication_concept, medication_index
 from cds_service.fhir.notes import note_text
 from cds_service.fhir.reader import ReadReport, Resource, fhir_files, iter_file_resources
 from cds_service.timeline.events import EncounterInfo, Event, EventKind, Note, PatientTimeline
@@ -19,16 +20,6 @@ from cds_service.timeline.events import EncounterInfo, Event, EventKind, Note, P
 PATIENT_LINKS = ("subject", "patient", "beneficiary")
 MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 NOTE_TYPES = ("DocumentReference", "Composition")
-
-
-def ref_id(reference: str | None) -> str | None:
-    """The id a reference points at, whether written `Type/id`, `urn:uuid:id` or an absolute URL."""
-    if not reference:
-        return None
-    if reference.startswith("urn:uuid:"):
-        return reference[len("urn:uuid:") :]
-    tail = reference.rstrip("/").rsplit("/", 1)[-1]
-    return tail or None
 
 
 def patient_of(resource: Resource) -> str | None:
@@ -78,15 +69,6 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def _medication_concept(resource: Resource, medications: dict[str, Resource]) -> Any:
-    if "medicationCodeableConcept" in resource:
-        return resource["medicationCodeableConcept"]
-    target = ref_id(reference_target(resource.get("medicationReference")))
-    contained = {c.get("id"): c for c in resource.get("contained") or [] if isinstance(c, dict)}
-    found = contained.get(target) or medications.get(target or "")
-    return found.get("code") if isinstance(found, dict) else None
-
-
 def _quantity_value(resource: Resource) -> float | None:
     quantity = resource.get("valueQuantity")
     value = quantity.get("value") if isinstance(quantity, dict) else None
@@ -104,7 +86,7 @@ class TimelineBuilder:
         birth = parse_datetime(patient.get("birthDate"))
         sex = patient.get("gender") if patient.get("gender") in ("female", "male", "other") else "unknown"
         timeline = PatientTimeline(patient_id, _epoch(birth), str(sex))
-        medications = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Medication"}
+        medications = medication_index(resources)
 
         for resource in resources:
             if resource.get("resourceType") == "Encounter":
@@ -187,7 +169,7 @@ class TimelineBuilder:
 
     def _add_medication(self, timeline: PatientTimeline, r: Resource, medications: dict[str, Resource]) -> None:
         own = first_datetime(r, "authoredOn", "effectiveDateTime", "effectivePeriod.start", "dateAsserted")
-        self._add_coded(timeline, r, EventKind.MEDICATION, _medication_concept(r, medications), own)
+        self._add_coded(timeline, r, EventKind.MEDICATION, medication_concept(r, medications), own)
 
     def _add_observation(self, timeline: PatientTimeline, r: Resource) -> None:
         own = first_datetime(r, "effectiveDateTime", "effectivePeriod.start", "issued")
