@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from sqlalchemy import create_engine, text
@@ -21,12 +20,12 @@ from sqlalchemy import create_engine, text
 from cds_service.cards.builders import EVIDENCE_EXTENSION
 from cds_service.conformance.profiles import conformance_resources, problems
 from cds_service.core.settings import Settings
-from cds_service.hooks.examples import hook_request, prefetch_for, searchset
+from cds_service.hooks.examples import hook_request, prefetch_for
 from cds_service.safety.interactions import ingredients_of, interaction_table
 from cds_service.safety.orders import active_drugs
 from tests.card_rules import card_problems
 from tests.conftest import SPEC_EXAMPLES, bundle_resources, load_example
-from tests.servers import free_port, running_server
+from tests.servers import FakeFhirServer, free_port, running_server
 
 FHIR = "https://fhir.ehr.test/r4"
 PROFILE_OF = {r["type"]: r for r in conformance_resources().values() if r["resourceType"] == "StructureDefinition"}
@@ -39,7 +38,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(data_dir: Path) -> Iterator[str]:
+def fhir() -> FakeFhirServer:
+    """The EHR's FHIR server; it serves a patient only inside `fhir.serving(...)`, else answers 503."""
+    return FakeFhirServer(FHIR, TOKEN)
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path, fhir: FakeFhirServer) -> Iterator[str]:
     port = free_port()
     settings = Settings(
         dev_mode=True,
@@ -49,7 +54,7 @@ def server(data_dir: Path) -> Iterator[str]:
         deadline_ms=20_000,  # CI machines are slow and shared; the deadline has its own test
         fhir_timeout_ms=10_000,
     )
-    with running_server(settings, port) as url:
+    with running_server(settings, port, fhir.transport()) as url:
         yield url
 
 
@@ -111,43 +116,13 @@ def test_patient_view_with_prefetch_returns_valid_cards_with_evidence(
     assert seen_evidence > 0
 
 
-def _mock_fhir_server(router: respx.MockRouter, resources: list[dict[str, Any]]) -> dict[str, int]:
-    """The EHR's FHIR server for one patient; Observation search answers in two pages."""
-    calls: dict[str, int] = {}
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for r in resources:
-        by_type.setdefault(r["resourceType"], []).append(r)
-    pid = patient_id(resources)
-
-    def search(request: httpx.Request) -> httpx.Response:
-        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
-        kind = request.url.path.rsplit("/", 1)[-1]
-        calls[kind] = calls.get(kind, 0) + 1
-        found = by_type.get(kind, [])
-        if kind == "Observation":
-            page = int(request.url.params.get("page", "1"))
-            half = len(found) // 2
-            bundle = searchset(found[:half] if page == 1 else found[half:])
-            if page == 1:
-                bundle["link"] = [{"relation": "next", "url": f"{FHIR}/Observation?patient={pid}&page=2"}]
-            return httpx.Response(200, json=bundle)
-        return httpx.Response(200, json=searchset(found))
-
-    router.get(f"{FHIR}/Patient/{pid}").mock(return_value=httpx.Response(200, json=by_type["Patient"][0]))
-    router.get(url__regex=rf"^{re.escape(FHIR)}/\w+\?").mock(side_effect=search)
-    return calls
-
-
 def test_patient_view_without_prefetch_fetches_from_the_fhir_server(
-    server: str, patients: list[list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+    server: str, fhir: FakeFhirServer, patients: list[list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
 ) -> None:
     resources = patients[0]
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
-        calls = _mock_fhir_server(router, resources)
-        request = hook_request("patient-view", patient_id(resources), None, fhir_server=FHIR, access_token=TOKEN)
-        with caplog.at_level(logging.DEBUG):
-            response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+    request = hook_request("patient-view", patient_id(resources), None, fhir_server=FHIR, access_token=TOKEN)
+    with fhir.serving(resources) as calls, caplog.at_level(logging.DEBUG):  # Observation answers in two pages
+        response = post(f"{server}/cds-services/diagnosis-suggestions", request)
     assert response.status_code == 200
     assert calls["Observation"] == 2  # both pages
     assert {"Condition", "MedicationRequest", "Encounter"} <= set(calls)
@@ -241,10 +216,7 @@ def test_every_spec_example_gets_a_well_formed_answer(server: str, name: str) ->
         service = "diagnosis-suggestions"
     else:
         service, body = _spec_request(name)
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
-        router.route().mock(return_value=httpx.Response(503))  # the spec's example FHIR servers
-        response = post(f"{server}/cds-services/{service}", body)
+    response = post(f"{server}/cds-services/{service}", body)  # the spec's example FHIR servers answer 503
     assert response.status_code in (200, 400, 401, 412), response.text
     if response.status_code == 200:
         for card in response.json()["cards"]:

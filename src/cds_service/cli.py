@@ -168,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from cds_service.workers.celery_app import app
+    from cds_service.workers.tasks import worker_app
 
     settings = get_settings()
     if not settings.redis_url:
@@ -177,7 +177,7 @@ def _worker(args: argparse.Namespace) -> int:
     argv = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency or settings.batch_max),
             "-Q", settings.inference_queue, "--loglevel", settings.log_level, "-n", f"cds-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle"]  # fmt: skip
-    app.worker_main(argv)
+    worker_app(settings).worker_main(argv)
     return 0
 
 

@@ -1,24 +1,19 @@
-"""Request body size limit as plain ASGI middleware: refuse with 413 before reading an oversized body."""
+"""Request body size limit as plain ASGI middleware: refuse with 413 before reading an oversized body.
+
+Plain ASGI rather than a FastAPI dependency because the refusal must come before the framework reads
+(and buffers) the body: a declared length over the limit is refused unread, and a stream that grows
+over it is cut off at the limit.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from cds_service.api.errors import body_too_large
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+class _TooLarge(Exception):
+    """The streamed body grew over the limit (raised and caught inside this module only)."""
 
 
 class BodySizeLimit:
@@ -33,25 +28,15 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(send, self.max_bytes)
+            await body_too_large(self.max_bytes)(scope, receive, send)
             return
-        scope.setdefault("state", {})["received"] = time.monotonic()  # the request's deadline starts here
-        # Read the whole body first (the app would anyway), so an oversized stream is refused cleanly.
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await _refuse(send, self.max_bytes)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await self._read(receive)
+        except _TooLarge:
+            await body_too_large(self.max_bytes)(scope, receive, send)
+            return
+        if body is None:
+            return  # client went away: nobody to answer
         delivered = False
 
         async def replay() -> Message:
@@ -62,3 +47,20 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, read first (the app would anyway) so that an oversized stream is refused
+        cleanly; None if the client went away."""
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

@@ -1,13 +1,16 @@
 """Exceptions raised by cds-service, one tree so callers can catch at the right depth.
 
 CdsError
-├── FhirInputError         input FHIR data cannot be read at all (bad JSON, empty file, wrong shape)
-│   └── UnsupportedFhirVersion   a resource from another FHIR version (e.g. DSTU2 MedicationOrder)
 ├── DatasetError           a dataset directory is missing files or has an unknown format version
 ├── FhirFetchError         the EHR's FHIR server could not give us the data (hook answers 412 if needed)
 ├── PrefetchUnavailable    data a service needs is neither prefetched nor fetchable (412)
 ├── DeadlineMissed         model work ran out of the request's time budget (answer without it)
+├── InvalidRequest         a hook or feedback request breaks the spec; the message names the field (400)
+├── UnknownService         no CDS service has the id the client called (404)
 └── AuthError              the CDS client's JWT is missing or invalid (a bare 401)
+
+The HTTP status of each is decided once, in `cds_service.api.errors`; code below the API raises these
+and never thinks in status codes.
 """
 
 from __future__ import annotations
@@ -15,14 +18,6 @@ from __future__ import annotations
 
 class CdsError(Exception):
     """Base of every error cds-service raises on purpose."""
-
-
-class FhirInputError(CdsError):
-    """FHIR input that cannot be read; the message says what and where, never the patient's data."""
-
-
-class UnsupportedFhirVersion(FhirInputError):
-    """A resource type that exists only in another FHIR version."""
 
 
 class DatasetError(CdsError):
@@ -44,6 +39,18 @@ class PrefetchUnavailable(CdsError):
 
 class DeadlineMissed(CdsError):
     """Model work did not finish before the request's deadline (the answer goes out without it)."""
+
+
+class InvalidRequest(CdsError):
+    """A request the spec does not allow; the message starts with the offending field ("context.patientId: ...")."""
+
+
+class UnknownService(CdsError):
+    """The client called a service id that discovery does not list."""
+
+    def __init__(self, service_id: str) -> None:
+        super().__init__(f"no CDS service named {service_id!r}")
+        self.service_id = service_id
 
 
 class AuthError(CdsError):

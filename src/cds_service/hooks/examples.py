@@ -1,4 +1,8 @@
-"""Building hook requests from a patient's FHIR record, as an EHR would (tests, benchmarks, sandboxes)."""
+"""Building hook requests from a patient's FHIR record, as an EHR would (tests, benchmarks, sandboxes).
+
+The prefetch is built for `PATIENT_PREFETCH`, the templates every service declares, so a request made
+here is one the services answer without a FHIR server.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from cds_service.hooks.prefetch import PATIENT_PREFETCH
+from cds_service.hooks.prefetch import PATIENT_PREFETCH, resource_type
 
 # Resource type each prefetch key holds (MedicationRequest key also carries referenced Medications).
-KEY_OF_TYPE = {query.split("?")[0].split("/")[0]: key for key, query in PATIENT_PREFETCH.items()}
+KEY_OF_TYPE = {resource_type(template): key for key, template in PATIENT_PREFETCH.items()}
 
 
 def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:

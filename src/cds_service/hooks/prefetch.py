@@ -4,6 +4,10 @@ Failure policy, per prefetch key: a value that is absent, `null`, an OperationOu
 fetched from `fhirServer` (with the hook's bearer token); a paginated Bundle has its further pages
 fetched. If a key the service requires can be had neither way, the hook answers 412; an optional key
 that cannot be had is left out and reported (the answer degrades, it is not refused).
+
+The templates and the required keys are the caller's (each service declares its own); this module only
+knows the CDS Hooks rules for filling and honouring them, so the protocol layer never depends on the
+services built over it. `PATIENT_PREFETCH` is the default set those services declare.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -19,9 +24,22 @@ from cds_service.core.errors import FhirFetchError, PrefetchUnavailable
 from cds_service.fhir.bundles import entries, next_link
 from cds_service.fhir.client import FhirClient
 from cds_service.hooks.wire import HookRequest
-from cds_service.services.registry import ServiceSpec
 
 log = logging.getLogger(__name__)
+
+# The whole record an answer may draw on, as CDS Hooks 2.0 tokens only (no FHIRPath): the prefetch the
+# registry declares for every service, and the shape `hooks.examples` builds requests in.
+PATIENT_PREFETCH: dict[str, str] = {
+    "patient": "Patient/{{context.patientId}}",
+    "conditions": "Condition?patient={{context.patientId}}",
+    "medications": "MedicationRequest?patient={{context.patientId}}",
+    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    "encounters": "Encounter?patient={{context.patientId}}",
+    "observations": "Observation?patient={{context.patientId}}",
+    "procedures": "Procedure?patient={{context.patientId}}",
+    "immunizations": "Immunization?patient={{context.patientId}}",
+    "notes": "DocumentReference?patient={{context.patientId}}",
+}
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -57,6 +75,8 @@ def render(template: str, context: dict[str, Any]) -> str | None:
 
 @dataclass
 class PatientData:
+    """The resources gathered for one hook call, and where each key's came from (the degradation reasons)."""
+
     resources: list[dict[str, Any]] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)  # key -> prefetch | fetched | partial | missing
 
@@ -65,37 +85,42 @@ class PatientData:
         return sorted(k for k, v in self.origin.items() if v in ("partial", "missing"))
 
 
-def _usable(key: str, value: Any) -> bool:
+def resource_type(template: str) -> str:
+    """The resource type a template asks for: `Patient/{{context.patientId}}` and `Patient?...` both `Patient`."""
+    return template.split("?")[0].split("/")[0]
+
+
+def _usable(template: str, value: Any) -> bool:
+    """A FHIR resource of the type the template asks for, or a Bundle; an OperationOutcome is the EHR
+    saying it could not prefetch, so it is not data."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         return False
     kind = value["resourceType"]
     if kind == "OperationOutcome":
         return False
-    expected = PATIENT_PREFETCH[key].split("?")[0].split("/")[0]
-    return bool(kind == "Bundle" or kind == expected)
+    return bool(kind == "Bundle" or kind == resource_type(template))
 
 
-async def _one(key: str, request: HookRequest, client: FhirClient | None, deadline: float) -> tuple[str, list[Any]]:
-    value = (request.prefetch or {}).get(key)
-    if isinstance(value, dict) and _usable(key, value):
-        if value.get("resourceType") != "Bundle":
-            return "prefetch", [value]
-        if next_link(value) is None:
-            return "prefetch", entries(value)
-        if client is None:
-            return "partial", entries(value)
-        try:
-            return "prefetch", await client.search_all(value, deadline)
-        except FhirFetchError as exc:
-            log.warning("prefetch %s: further pages failed: %s", key, exc)
-            return "partial", entries(value)
-    if value is not None:
-        log.info(
-            "prefetch %s unusable (%s): fetching",
-            key,
-            value.get("resourceType") if isinstance(value, dict) else type(value).__name__,
-        )
-    query = render(PATIENT_PREFETCH[key], request.context)
+async def _all_pages(
+    key: str, bundle: dict[str, Any], client: FhirClient | None, deadline: float
+) -> tuple[str, list[Any]]:
+    """A prefetched Bundle's resources, with its further pages when it has them and we can fetch them."""
+    if next_link(bundle) is None:
+        return "prefetch", entries(bundle)
+    if client is None:
+        return "partial", entries(bundle)
+    try:
+        return "prefetch", await client.search_all(bundle, deadline)
+    except FhirFetchError as exc:
+        log.warning("prefetch %s: further pages failed: %s", key, exc)
+        return "partial", entries(bundle)
+
+
+async def _fetch(
+    key: str, template: str, context: dict[str, Any], client: FhirClient | None, deadline: float
+) -> tuple[str, list[Any]]:
+    """The template's query asked of the FHIR server, all pages; "missing" when it cannot be asked or fails."""
+    query = render(template, context)
     if client is None or query is None:
         return "missing", []
     try:
@@ -109,33 +134,48 @@ async def _one(key: str, request: HookRequest, client: FhirClient | None, deadli
         except FhirFetchError as exc:
             log.warning("fetch %s: further pages failed: %s", key, exc)
             return "partial", entries(first)
-    return ("fetched", [first]) if _usable(key, first) else ("missing", [])
+    return ("fetched", [first]) if _usable(template, first) else ("missing", [])
 
 
-async def gather(service: ServiceSpec, request: HookRequest, client: FhirClient | None, deadline: float) -> PatientData:
-    keys = list(PATIENT_PREFETCH)
-    results = await asyncio.gather(*(_one(k, request, client, deadline) for k in keys))
+async def _one(
+    key: str, template: str, request: HookRequest, client: FhirClient | None, deadline: float
+) -> tuple[str, list[Any]]:
+    """(origin, resources) for one prefetch key: the prefetched value if usable, else a fetch."""
+    value = (request.prefetch or {}).get(key)
+    if isinstance(value, dict) and _usable(template, value):
+        if value.get("resourceType") != "Bundle":
+            return "prefetch", [value]
+        return await _all_pages(key, value, client, deadline)
+    if value is not None:
+        log.info(
+            "prefetch %s unusable (%s): fetching",
+            key,
+            value.get("resourceType") if isinstance(value, dict) else type(value).__name__,
+        )
+    return await _fetch(key, template, request.context, client, deadline)
+
+
+async def gather(
+    templates: Mapping[str, str],
+    required: Sequence[str],
+    request: HookRequest,
+    client: FhirClient | None,
+    deadline: float,
+) -> PatientData:
+    """Every template's data, fetched concurrently; `PrefetchUnavailable` if a `required` key is missing.
+
+    Each key in `required` must be a key of `templates` (a required key with no template could never be had).
+    """
+    keys = list(templates)
+    results = await asyncio.gather(*(_one(k, templates[k], request, client, deadline) for k in keys))
     data = PatientData()
     for key, (origin, found) in zip(keys, results, strict=True):
         data.origin[key] = origin
         data.resources.extend(r for r in found if isinstance(r, dict))
-    missing = [k for k in service.required if data.origin[k] == "missing"]
+    missing = [k for k in required if data.origin[k] == "missing"]
     if missing:
         reason = "no fhirServer to fetch from" if client is None else "the FHIR server could not provide it"
         raise PrefetchUnavailable(missing, reason)
     if data.degraded:
         log.warning("answering with incomplete data: %s", ", ".join(data.degraded))
     return data
-
-
-PATIENT_PREFETCH: dict[str, str] = {
-    "patient": "Patient/{{context.patientId}}",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "medications": "MedicationRequest?patient={{context.patientId}}",
-    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
-    "encounters": "Encounter?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}",
-    "procedures": "Procedure?patient={{context.patientId}}",
-    "immunizations": "Immunization?patient={{context.patientId}}",
-    "notes": "DocumentReference?patient={{context.patientId}}",
-}

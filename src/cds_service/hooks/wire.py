@@ -1,8 +1,9 @@
 """Wire types of CDS Hooks 2.0, named after the spec's objects.
 
-Requests are validated strictly (an envelope error is a 400 that names the field); the FHIR data inside
-(`prefetch`, `draftOrders`) is kept as plain JSON and read leniently elsewhere. Responses are built from
-these models and serialised without `None` members, because the spec forbids null or empty members.
+Requests are validated strictly (an envelope error is a 400 that names the field), the context against
+its hook's model by `validate_context`; the FHIR data inside (`prefetch`, `draftOrders`) is kept as plain
+JSON and read leniently elsewhere. Responses are built from these models and serialised without `None`
+members, because the spec forbids null or empty members.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from cds_service.core.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +217,18 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return out
 
 
-class ContextError(ValueError):
-    """The hook's context is invalid; the message names the field."""
-
-
 def validate_context(hook: str, context: dict[str, Any]) -> PatientContext:
+    """The hook's context as its typed model; `InvalidRequest` naming the field (`context.patientId: ...`).
+
+    Validated here, not in `HookRequest`, because the context's shape depends on the hook: an unknown
+    hook or a context that does not fit it is the client's error, a 400, never a crash later on.
+    """
     model = CONTEXTS.get(hook)
     if model is None:
-        raise ContextError(f"hook: unsupported hook {hook!r}")
+        raise InvalidRequest(f"hook: unsupported hook {hook!r}")
     try:
         return model.model_validate(context)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in ("context", *first["loc"]))
-        raise ContextError(f"{where}: {first['msg']}") from exc
+        raise InvalidRequest(f"{where}: {first['msg']}") from exc
