@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,13 @@ def test_weighted_bootstrap_equals_duplicated_rows() -> None:
         assert got["ece"] == pytest.approx(ece(y[rows], p[rows]))
         assert got["jaccard"] == pytest.approx(jaccard(y[rows], pred[rows]))
         assert got["ddi_rate"] == pytest.approx(ddi_rate(pred[rows], interacting))
+
+
+def test_paired_differences_of_a_metric_undefined_in_every_draw_are_nan_not_an_error() -> None:
+    """A metric with no positive in any bootstrap draw is NaN in all of them: the report says NaN."""
+    from cds_service.evaluation.report import paired_differences
+
+    nan = float("nan")
+    got = paired_differences([{"auprc": nan, "auroc": 0.8}] * 3, [{"auprc": nan, "auroc": 0.6}] * 3)
+    assert math.isnan(got["auprc"]["mean"]) and all(math.isnan(x) for x in got["auprc"]["ci95"])
+    assert got["auroc"]["mean"] == pytest.approx(0.2)

@@ -59,13 +59,20 @@ def _metrics(system: str, head: str, y: Array, p: Array, thresholds: Array, ddi:
     return out
 
 
-def _paired(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+def paired_differences(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
     """Transformer minus baseline on the same bootstrap draws: mean and 95% CI per metric."""
     out: dict[str, dict[str, Any]] = {}
     for k in ours[0]:
         diffs = [a[k] - b[k] for a, b in zip(ours, theirs, strict=True)]
-        out[k] = {"mean": float(np.nanmean(diffs)), "ci95": _ci(diffs)}
+        out[k] = {"mean": _mean_of_defined(diffs), "ci95": _ci(diffs)}
     return out
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    """Mean over the draws where the metric is defined; NaN (not a warning) when it is defined in none, e.g.
+    a label set with no positive in any draw."""
+    defined = [x for x in values if x == x]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def _ci(values: list[float]) -> list[float]:
@@ -180,7 +187,9 @@ def evaluate(
                 k: _basic_ci(head_report[system][k], [d[k] for d in draws[system]]) for k in draws[system][0]
             }
         head_report["paired_difference"] = {
-            base: _paired(draws["transformer"], draws[base]) for base in systems if not base.startswith("transformer")
+            base: paired_differences(draws["transformer"], draws[base])
+            for base in systems
+            if not base.startswith("transformer")
         }
         report[head] = head_report
     report["verdict"] = verdict(report)
