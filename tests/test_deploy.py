@@ -68,10 +68,19 @@ def test_compose_and_dockerfiles_run_commands_that_exist() -> None:
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     for dockerfile in DEPLOY.glob("Dockerfile.*"):
         text = dockerfile.read_text()
-        assert "torch==2.13.0" in text
+        # locked installs: the runtime lock hash-checked and unresolved, then the package alone, then pip check
+        assert "COPY requirements ./requirements" in text
+        assert "pip install --require-hashes --no-deps -r requirements/serve.lock" in text
+        assert "pip install --no-deps --no-build-isolation . && pip check" in text
+        assert not re.search(r"pip install (\.|\S*\[)", text)  # no resolving install of the project
         cmd = re.search(r'^CMD \["cds-service", "([a-z-]+)"', text, re.M)
         assert cmd and cmd.group(1) in commands
-    assert "nvidia/cuda" in (DEPLOY / "Dockerfile.worker").read_text()
+    api, worker = (DEPLOY / "Dockerfile.api").read_text(), (DEPLOY / "Dockerfile.worker").read_text()
+    assert "pip install --require-hashes --no-deps -r requirements/torch-cpu.txt" in api
+    torch_cpu = (DEPLOY.parent / "requirements" / "torch-cpu.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0\+cpu \\\n +--hash=sha256:[0-9a-f]{64}$", torch_cpu, re.M)
+    assert 'pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128' in worker
+    assert "nvidia/cuda" in worker
     for doc in manifests().values():
         for c in containers(doc) if doc["kind"] == "Deployment" else []:
             for probe in ("readinessProbe", "livenessProbe"):
