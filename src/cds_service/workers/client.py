@@ -1,7 +1,8 @@
 """Scoring on remote workers through Celery and Redis, with graceful degradation.
 
-Redis unreachable or no live worker (no heartbeat in the last few seconds): fall back to in-process
-scoring when the API holds the model, else give up at once (the answer has safety cards only). A job
+Redis unreachable, no live worker (no heartbeat in the last few seconds) or a worker that replied with an
+error: fall back to in-process scoring when the API holds the model, else give up at once (the answer has
+safety cards only). A job
 enqueued but not answered by the deadline is a deadline miss. Every fallback is counted by reason.
 """
 
@@ -27,6 +28,7 @@ from cds_service.workers.celery_app import make_celery
 from cds_service.workers.protocol import (
     DEADLINE_MISSED,
     SCORE_TASK,
+    WORKER_ERROR,
     WORKER_STALE_S,
     heartbeat_key,
     job_key_ttl_s,
@@ -127,6 +129,8 @@ class CeleryBackend:
             FALLBACKS.labels(reason="deadline").inc()
             raise DeadlineMissed("no worker answer before the deadline")
         payload = json.loads(popped[1])
+        if WORKER_ERROR in payload:  # the worker failed at once: fall back with the time that is left
+            return await self._fall_back(job, deadline, "worker-error")
         if DEADLINE_MISSED in payload:
             raise DeadlineMissed(str(payload[DEADLINE_MISSED]))
         result = ScoringResult.from_json(payload)

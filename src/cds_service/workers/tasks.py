@@ -25,7 +25,7 @@ from cds_service.serving.scorer import PatientScorer
 from cds_service.workers.batcher import MicroBatcher
 from cds_service.workers.celery_app import DEFAULT_REDIS, make_celery
 from cds_service.workers.health import start_heartbeat
-from cds_service.workers.protocol import DEADLINE_MISSED, REPLY_TTL_S, SCORE_TASK
+from cds_service.workers.protocol import DEADLINE_MISSED, REPLY_TTL_S, SCORE_TASK, WORKER_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,12 @@ def score(job_key: str, enqueued_at: float, reply_to: str) -> None:
     scoring_job = ScoringJob.from_json(json.loads(raw))
     if scoring_job.deadline_at is not None and time.time() >= scoring_job.deadline_at:
         return  # nobody waits any more: spend no GPU on it
-    outcome = batcher().submit(scoring_job).result()
+    try:
+        outcome = batcher().submit(scoring_job).result()
+    except Exception as exc:  # reply at once: the API falls back now instead of waiting out its deadline
+        log.error("scoring failed: %s", type(exc).__name__)  # no message: it may quote patient data
+        _reply(reply_to, {WORKER_ERROR: type(exc).__name__})
+        return
     if isinstance(outcome, DeadlineMissed):
         _reply(reply_to, {DEADLINE_MISSED: str(outcome)})
         return
