@@ -11,8 +11,19 @@ import pytest
 
 from cds_service.data.synth import synthesize
 
+# Modules whose every test trains a model, generates a cohort of its own or drives worker processes: the
+# `slow` marker (`pytest -m "not slow"` is the inner loop; CI runs everything). One list, so a new slow
+# module is marked in one place; single slow tests elsewhere carry `@pytest.mark.slow` themselves.
+SLOW_MODULES = {"test_model", "test_celery_backend", "test_bulk", "test_worker_errors"}
+
 # A verbatim copy of ../shared/cds-hooks-examples (see its README for provenance and licence).
 SPEC_EXAMPLES = Path(__file__).parent / "fixtures" / "cds-hooks-examples"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def load_example(name: str) -> Any:
