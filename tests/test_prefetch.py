@@ -87,3 +87,26 @@ def test_the_default_templates_use_only_context_tokens_and_name_a_resource_type(
     for template in PATIENT_PREFETCH.values():
         assert resource_type(template)[0].isupper()
         assert "{{context.patientId}}" in template
+
+
+def test_a_null_prefetch_value_is_no_data_not_a_request_to_fetch() -> None:
+    """CDS Hooks 2.0: `null` is the client saying it has no data for the key (none to fetch)."""
+    data, asked = run_gather(request({"patient": PATIENT, "labs": None}, FHIR), required=("patient", "labs"))
+    assert asked == []  # nothing fetched, though a server was offered
+    assert data.origin == {"patient": "prefetch", "labs": "none"}
+    assert data.degraded == []  # complete: an empty result, not a missing one
+    assert data.resources == [PATIENT]
+
+
+def test_a_null_required_key_without_a_server_is_not_412() -> None:
+    data, asked = run_gather(request({"patient": PATIENT, "labs": None}), required=("patient", "labs"))
+    assert asked == [] and data.origin["labs"] == "none" and data.degraded == []
+
+
+def test_an_absent_key_is_still_fetched_or_412_when_required() -> None:
+    labs_query = "Observation?patient=p1&category=laboratory"
+    data, asked = run_gather(request({"patient": PATIENT}, FHIR), answer={labs_query: searchset([LAB])})
+    assert asked == [labs_query] and data.origin["labs"] == "fetched"
+    with pytest.raises(PrefetchUnavailable) as raised:
+        run_gather(request({"patient": PATIENT}), required=("labs",))
+    assert raised.value.keys == ["labs"]

@@ -141,6 +141,43 @@ def test_412_when_data_is_neither_prefetched_nor_fetchable(server: str, patients
     assert "conditions" in outcome["issue"][0]["diagnostics"]
 
 
+def audit_of(data_dir: Path, hook_instance: str) -> tuple[str, dict[str, Any]]:
+    """(outcome, details) of the audit record of one hook call."""
+    engine = create_engine(f"sqlite:///{data_dir / 'cds.sqlite3'}")
+    with engine.connect() as db:
+        outcome, details = db.execute(
+            text("SELECT outcome, details FROM audit_record WHERE hook_instance = :h"), {"h": hook_instance}
+        ).one()
+    engine.dispose()
+    return str(outcome), json.loads(details) if isinstance(details, str) else details
+
+
+def test_a_null_prefetch_key_is_no_data_while_an_absent_one_is_still_412(
+    server: str, fhir: FakeFhirServer, data_dir: Path, patients: list[list[dict[str, Any]]]
+) -> None:
+    resources = [r for r in patients[0] if r["resourceType"] != "Condition"]  # a patient with no conditions
+    prefetch = prefetch_for(resources) | {"conditions": None}  # CDS Hooks 2.0: null is "no data"
+    request = hook_request("patient-view", patient_id(resources), prefetch)
+    response = post(f"{server}/cds-services/diagnosis-suggestions", request)
+    assert response.status_code == 200, response.text
+    check_cards(response.json()["cards"], resources)
+    outcome, details = audit_of(data_dir, request["hookInstance"])
+    assert not any("conditions" in r for r in details["reasons"]), details["reasons"]
+    assert outcome == "ok", details["reasons"]
+
+    offered = hook_request("patient-view", patient_id(resources), prefetch, fhir_server=FHIR, access_token=TOKEN)
+    with fhir.serving(patients[0]) as calls:
+        assert post(f"{server}/cds-services/diagnosis-suggestions", offered).status_code == 200
+    assert calls["Condition"] == 0  # a server was offered, and still nothing was fetched for a null key
+
+    absent = hook_request(
+        "patient-view", patient_id(resources), {k: v for k, v in prefetch.items() if k != "conditions"}
+    )
+    refused = post(f"{server}/cds-services/diagnosis-suggestions", absent)
+    assert refused.status_code == 412
+    assert "conditions" in refused.json()["issue"][0]["diagnostics"]
+
+
 def _interacting_draft(resources: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
     for drug in active_drugs(resources, set()):
         for ingredient in sorted(ingredients_of(drug.name)):

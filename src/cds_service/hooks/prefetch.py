@@ -1,9 +1,12 @@
 """Gathering a patient's data for a hook: prefetch first, the EHR's FHIR server for what is missing.
 
-Failure policy, per prefetch key: a value that is absent, `null`, an OperationOutcome or not FHIR is
-fetched from `fhirServer` (with the hook's bearer token); a paginated Bundle has its further pages
-fetched. If a key the service requires can be had neither way, the hook answers 412; an optional key
-that cannot be had is left out and reported (the answer degrades, it is not refused).
+Failure policy, per prefetch key: a key present with the value `null` is the client saying it has no
+data for it (CDS Hooks 2.0: a patient with no conditions), so it is an empty result that is complete
+(origin "none"): nothing is fetched, it is never a 412 and never a degradation. A key that is absent, or
+whose value is an OperationOutcome or not FHIR, is fetched from `fhirServer` (with the hook's bearer
+token); a paginated Bundle has its further pages fetched. If a key the service requires can be had
+neither way, the hook answers 412; an optional key that cannot be had is left out and reported (the
+answer degrades, it is not refused).
 
 The templates and the required keys are the caller's (each service declares its own); this module only
 knows the CDS Hooks rules for filling and honouring them, so the protocol layer never depends on the
@@ -78,7 +81,7 @@ class PatientData:
     """The resources gathered for one hook call, and where each key's came from (the degradation reasons)."""
 
     resources: list[dict[str, Any]] = field(default_factory=list)
-    origin: dict[str, str] = field(default_factory=dict)  # key -> prefetch | fetched | partial | missing
+    origin: dict[str, str] = field(default_factory=dict)  # key -> prefetch | none | fetched | partial | missing
 
     @property
     def degraded(self) -> list[str]:
@@ -140,8 +143,12 @@ async def _fetch(
 async def _one(
     key: str, template: str, request: HookRequest, client: FhirClient | None, deadline: float
 ) -> tuple[str, list[Any]]:
-    """(origin, resources) for one prefetch key: the prefetched value if usable, else a fetch."""
-    value = (request.prefetch or {}).get(key)
+    """(origin, resources) for one prefetch key: the prefetched value if usable, nothing if it is `null`
+    (the client has no data: complete, not missing), else a fetch (absent or unusable)."""
+    prefetch = request.prefetch or {}
+    if key in prefetch and prefetch[key] is None:
+        return "none", []
+    value = prefetch.get(key)
     if isinstance(value, dict) and _usable(template, value):
         if value.get("resourceType") != "Bundle":
             return "prefetch", [value]
