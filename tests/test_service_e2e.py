@@ -416,3 +416,43 @@ def test_patient_view_precomputes_what_order_select_needs(server: str, patients:
     assert response.status_code == 200
     check_cards(response.json()["cards"], resources)
     assert cache_hits() == before + 1  # answered from what patient-view precomputed
+
+
+def test_a_malformed_allergy_costs_only_itself_at_order_sign(server: str, data_dir: Path) -> None:
+    def med(rid: str, text: str, status: str) -> dict[str, Any]:
+        return {"resourceType": "MedicationRequest", "id": rid, "status": status, "intent": "order",
+                "subject": {"reference": "Patient/p-iso"}, "medicationCodeableConcept": {"text": text}}  # fmt: skip
+
+    penicillin = {
+        "resourceType": "AllergyIntolerance",
+        "id": "al-penicillin",
+        "patient": {"reference": "Patient/p-iso"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005"}], "text": "Penicillin"},
+        "reaction": [{"substance": {"text": "Amoxicillin"}}],  # matching is by substance name, no drug classes
+        "criticality": "high",
+    }
+    malformed = {"resourceType": "AllergyIntolerance", "id": "al-bad", "clinicalStatus": "active", "code": 5}
+    record = [
+        {"resourceType": "Patient", "id": "p-iso", "gender": "female", "birthDate": "1950-01-01"},
+        med("m-aspirin", "Aspirin 81 MG Oral Tablet", "active"),
+        malformed,
+        penicillin,
+    ]
+    drafts = [med("d-warfarin", "Warfarin Sodium 5 MG Oral Tablet", "draft"),
+              med("d-amoxicillin", "Amoxicillin 500 MG Oral Capsule", "draft")]  # fmt: skip
+    context = {"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": d} for d in drafts]}}
+    request = hook_request("order-sign", "p-iso", prefetch_for(record), extra_context=context)
+    response = post(f"{server}/cds-services/treatment-recommendations-order-sign", request)
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    check_cards(cards, record + drafts)
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    for card in cards:
+        by_topic.setdefault(card["source"]["topic"]["code"], []).append(card)
+    assert any("Warfarin" in c["summary"] and "Aspirin" in c["summary"] for c in by_topic["drug-interaction"])
+    assert any("Amoxicillin" in c["summary"] and c["indicator"] == "critical" for c in by_topic["drug-allergy"])
+    for card in by_topic.get("medication-recommendation", []):
+        assert "allergies: no interaction" not in card["detail"]  # never claims a check it could not finish
+    outcome, details = audit_of(data_dir, request["hookInstance"])
+    assert outcome == "degraded" and "safety-check-partial:allergies" in details["reasons"]

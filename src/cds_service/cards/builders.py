@@ -61,12 +61,20 @@ def medication_card(
     requester: str | None,
     version: str | None,
     card_url: str | None,
+    allergies_checked: bool = True,
 ) -> Card:
+    """`allergies_checked`: False when the allergy check could not run or read every allergy record; the
+    card then says so instead of claiming the check."""
     request = proposed_medication_request(f.token, f.display, patient_id, encounter_id, requester)
+    checked = (
+        "Checked against active medications, drafts and allergies: no interaction in our table."
+        if allergies_checked
+        else "Checked against active medications and drafts: no interaction in our table. **Not checked against "
+        "allergies**: the allergy check could not read the whole allergy list; review it before ordering."
+    )
     return Card(
         summary=summary(f"Consider {f.display} ({f.probability:.0%})"),
-        detail=finding_detail(f, "medication commonly ordered for patients like this one")
-        + "\n\nChecked against active medications, drafts and allergies: no interaction in our table.",
+        detail=finding_detail(f, "medication commonly ordered for patients like this one") + "\n\n" + checked,
         indicator="info",
         source=source("medication-recommendation", version, card_url),
         suggestions=[
@@ -119,6 +127,8 @@ def allergy_card(f: AllergyFinding, card_url: str | None = None) -> Card:
         f"{', criticality ' + md(f.criticality) if f.criticality else ''}), and the draft order "
         f"**{md(f.draft.name)}** names it. Matching is by substance name; cross-reactive classes are not checked."
     )
+    if not f.status_read:
+        detail += " The allergy record's clinical or verification status could not be read, so it is taken as active."
     return Card(
         summary=summary(f"Allergy: {f.draft.name} conflicts with documented {f.substance} allergy"),
         detail=detail,
@@ -144,3 +154,32 @@ def duplicate_card(f: DuplicateFinding, card_url: str | None = None) -> Card:
         selectionBehavior="at-most-one",
         overrideReasons=override_reasons(SAFETY_OVERRIDES),
     )
+
+
+# check -> (card topic, the check's name, what the drafts are checked for, the record it reads)
+CHECKS: dict[str, tuple[str, str, str, str]] = {
+    "interactions": ("drug-interaction", "Interaction check", "interactions", "medication"),
+    "allergies": ("drug-allergy", "Allergy check", "the patient's documented allergies", "allergy"),
+    "duplicates": ("duplicate-therapy", "Duplicate-therapy check", "duplicate therapy", "medication"),
+}
+
+
+def unchecked_card(check: str, failed: bool, unreadable: int, card_url: str | None = None) -> Card:
+    """What a safety check that did not finish tells the physician, so that its silence is never read as
+    "nothing found": `failed`, it could not run at all; else it could not read `unreadable` records."""
+    topic, name, against, kind = CHECKS[check]
+    if failed:
+        head = f"{name} failed: draft orders NOT checked for {against}"
+        detail = (
+            f"The {name.lower()} could not run on this record, so the draft orders were **not checked** for "
+            f"{against}. Review the {kind} list before signing."
+        )
+    else:
+        records = f"{kind} record" + ("" if unreadable == 1 else "s")
+        head = f"{name} incomplete: {unreadable} {records} could not be read"
+        detail = (
+            f"{unreadable} {records} could not be fully read (malformed data), so the draft orders may **not** "
+            f"have been checked against {'it' if unreadable == 1 else 'them'}; the other {kind} records were "
+            f"checked. Review the {kind} list before signing."
+        )
+    return Card(summary=summary(head), detail=detail, indicator="warning", source=source(topic, None, card_url))

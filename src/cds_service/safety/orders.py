@@ -3,10 +3,17 @@
 These need no model, so they always run first and reach the clinician even when scoring misses its
 deadline. Drugs are matched by name (see `interactions.py`); allergy matching is by substance name only
 (no cross-reactivity classes such as penicillins/cephalosporins), which the README states as a limit.
+
+The record is plain JSON from the EHR, so any element may be missing or of the wrong type: every element
+is read defensively (as in `fhir/elements.py`) and nothing here raises on a malformed resource. A
+malformed AllergyIntolerance costs only itself: it is checked on what can be read (a status that cannot
+be read is taken as active, so it never hides an allergy), and it is counted (`AllergyCheck.unreadable`)
+so that the answer can say its allergy check was incomplete instead of reading as "no allergy".
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +22,10 @@ from cds_service.fhir.elements import code_token
 from cds_service.fhir.medications import medication_concept, medication_index, medication_reference_display
 from cds_service.safety.interactions import Interaction, ingredients_of, interactions_between
 
+log = logging.getLogger(__name__)
+
 ACTIVE_MED_STATUSES = {"active", "on-hold"}
+INVALID_ALLERGY = {"refuted", "entered-in-error"}
 GENERIC_WORDS = {
     "allergy",
     "allergic",
@@ -59,6 +69,16 @@ class AllergyFinding:
     allergy: str  # "AllergyIntolerance/xyz"
     substance: str
     criticality: str | None
+    status_read: bool = True  # False: its clinical/verification status was malformed, so taken as active
+
+
+@dataclass(frozen=True)
+class AllergyCheck:
+    """The allergy check's findings, and how many AllergyIntolerances it could not fully read (each
+    checked on what could be read, or skipped): more than 0 means the check is incomplete."""
+
+    findings: list[AllergyFinding]
+    unreadable: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,11 +89,13 @@ class DuplicateFinding:
 
 
 def _concept_name(concept: Any) -> tuple[str, str | None]:
+    """(name, token) of a CodeableConcept: its text, else its coded display; ("", None) if it has neither."""
     if not isinstance(concept, dict):
         return "", None
     coded = code_token(concept)
-    name = concept.get("text") or (coded[1] if coded else "")
-    return str(name or ""), coded[0] if coded else None
+    text = concept.get("text")
+    name = text if isinstance(text, str) and text.strip() else (coded[1] if coded else "")
+    return name, coded[0] if coded else None
 
 
 def drug_of(resource: dict[str, Any], medications: dict[str, dict[str, Any]]) -> Drug | None:
@@ -89,7 +111,8 @@ def active_drugs(resources: list[dict[str, Any]], exclude: set[str]) -> list[Dru
     medications = medication_index(resources)
     out = []
     for r in resources:
-        if r.get("resourceType") == "MedicationRequest" and r.get("status") in ACTIVE_MED_STATUSES:
+        status = r.get("status")
+        if r.get("resourceType") == "MedicationRequest" and isinstance(status, str) and status in ACTIVE_MED_STATUSES:
             drug = drug_of(r, medications)
             if drug is not None and drug.reference not in exclude:
                 out.append(drug)
@@ -117,21 +140,73 @@ def check_interactions(drafts: list[Drug], others: list[Drug], all_drafts: list[
     return found
 
 
-def _allergy_substances(allergy: dict[str, Any]) -> list[str]:
-    names = [_concept_name(allergy.get("code"))[0]]
-    for reaction in allergy.get("reaction") or []:
+def _concept_intact(concept: Any) -> bool:
+    """Whether a CodeableConcept that is present has the FHIR shape: text a string, coding a list of
+    Codings whose members are strings."""
+    if not isinstance(concept, dict):
+        return False
+    text, coding = concept.get("text"), concept.get("coding")
+    if text is not None and not isinstance(text, str):
+        return False
+    if coding is None:
+        return True
+    if not isinstance(coding, list):
+        return False
+    return all(
+        isinstance(c, dict)
+        and all(c.get(k) is None or isinstance(c.get(k), str) for k in ("system", "code", "display"))
+        for c in coding
+    )
+
+
+def _status_codes(concept: Any) -> set[str] | None:
+    """The codes of a status CodeableConcept: empty when absent, None when malformed (cannot be read)."""
+    if concept is None:
+        return set()
+    if not _concept_intact(concept):
+        return None
+    return {c["code"] for c in concept.get("coding") or [] if c.get("code")}
+
+
+@dataclass(frozen=True)
+class _Allergy:
+    """What could be read of one AllergyIntolerance."""
+
+    substances: list[str]
+    active: bool
+    status_read: bool
+    criticality: str | None
+    intact: bool  # every element read had its FHIR type
+
+
+def _read_allergy(allergy: dict[str, Any]) -> _Allergy:
+    intact = True
+    concepts = [allergy.get("code")]
+    reactions = allergy.get("reaction")
+    if reactions is not None and not isinstance(reactions, list):
+        intact, reactions = False, []
+    for reaction in reactions or []:
         if isinstance(reaction, dict):
-            names.append(_concept_name(reaction.get("substance"))[0])
-    return [n for n in names if n]
-
-
-def _allergy_active(allergy: dict[str, Any]) -> bool:
-    status = allergy.get("clinicalStatus")
-    codes = {c.get("code") for c in (status or {}).get("coding") or [] if isinstance(c, dict)}
-    verification = {
-        c.get("code") for c in (allergy.get("verificationStatus") or {}).get("coding") or [] if isinstance(c, dict)
-    }
-    return (not codes or "active" in codes) and "refuted" not in verification and "entered-in-error" not in verification
+            concepts.append(reaction.get("substance"))
+        else:
+            intact = False
+    substances = []
+    for concept in concepts:
+        if concept is None:
+            continue
+        intact = intact and _concept_intact(concept)
+        name = _concept_name(concept)[0]
+        if name:
+            substances.append(name)
+    clinical = _status_codes(allergy.get("clinicalStatus"))
+    verification = _status_codes(allergy.get("verificationStatus"))
+    status_read = clinical is not None and verification is not None
+    # An unreadable status is taken as active: a malformed record must never hide an allergy.
+    active = (not clinical or "active" in clinical) and not (verification or set()) & INVALID_ALLERGY
+    criticality = allergy.get("criticality")
+    if criticality is not None and not isinstance(criticality, str):
+        intact, criticality = False, None
+    return _Allergy(substances, active, status_read, criticality, intact and status_read)
 
 
 def _substance_words(substance: str) -> set[str]:
@@ -139,22 +214,43 @@ def _substance_words(substance: str) -> set[str]:
     return {w for w in words if w not in GENERIC_WORDS}
 
 
-def check_allergies(drafts: list[Drug], resources: list[dict[str, Any]]) -> list[AllergyFinding]:
+def _allergy_findings(drafts: list[Drug], allergy: dict[str, Any], read: _Allergy) -> list[AllergyFinding]:
+    if not read.active:
+        return []
+    ident = allergy.get("id")
+    ref = f"AllergyIntolerance/{ident}" if isinstance(ident, str | int) else "AllergyIntolerance"
     found = []
+    for substance in read.substances:
+        words = _substance_words(substance)
+        for draft in drafts:
+            drug = set(re.findall(r"[a-z][a-z\-]{3,}", draft.name.lower()))
+            if words & drug:
+                found.append(AllergyFinding(draft, ref, substance, read.criticality, read.status_read))
+    return found
+
+
+def allergy_check(drafts: list[Drug], resources: list[dict[str, Any]]) -> AllergyCheck:
+    """Drafts that name a substance of an active allergy, one resource at a time: a malformed
+    AllergyIntolerance is checked on what can be read, or skipped, and counted as unreadable either way."""
+    found: list[AllergyFinding] = []
+    unreadable = 0
     for allergy in resources:
-        if allergy.get("resourceType") != "AllergyIntolerance" or not _allergy_active(allergy):
+        if not isinstance(allergy, dict) or allergy.get("resourceType") != "AllergyIntolerance":
             continue
-        for substance in _allergy_substances(allergy):
-            words = _substance_words(substance)
-            for draft in drafts:
-                drug = set(re.findall(r"[a-z][a-z\-]{3,}", draft.name.lower()))
-                if words & drug:
-                    found.append(
-                        AllergyFinding(
-                            draft, f"AllergyIntolerance/{allergy.get('id')}", substance, allergy.get("criticality")
-                        )
-                    )
-    return list({(f.draft.reference, f.allergy): f for f in found}.values())
+        try:
+            read = _read_allergy(allergy)
+            found.extend(_allergy_findings(drafts, allergy, read))
+        except Exception as exc:  # the last guard of one resource: it costs only itself (type only: no PHI)
+            log.warning("allergy check: skipped an AllergyIntolerance it could not read (%s)", type(exc).__name__)
+            unreadable += 1
+            continue
+        unreadable += not read.intact
+    return AllergyCheck(list({(f.draft.reference, f.allergy): f for f in found}.values()), unreadable)
+
+
+def check_allergies(drafts: list[Drug], resources: list[dict[str, Any]]) -> list[AllergyFinding]:
+    """The findings of `allergy_check` (for callers that screen candidates and need no count)."""
+    return allergy_check(drafts, resources).findings
 
 
 def check_duplicates(drafts: list[Drug], active: list[Drug]) -> list[DuplicateFinding]:

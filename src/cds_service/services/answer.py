@@ -58,6 +58,7 @@ class HookCall:
     deadline: float  # time.monotonic() by which the answer must be out
     answer: HookAnswer
     started: float  # time.monotonic() when the request arrived
+    unchecked: set[str] = field(default_factory=set)  # safety checks that did not fully run: cards never claim them
     _last_lap: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,19 +164,27 @@ class HookAnswerer:
         """A card per finding; one that would break the spec is dropped and counted, never sent."""
         for finding in result.findings:
             try:
-                card = self._card(call.context, finding, result.model_version)
+                card = self._card(call, finding, result.model_version)
             except ValidationError as exc:
                 log.error("%s: dropped a malformed card (%s)", call.service.id, exc.errors()[0]["msg"])
                 DEGRADED.labels(service=call.service.id, reason="malformed-card").inc()
                 continue
             call.answer.cards.append(card)
 
-    def _card(self, context: PatientContext, finding: Finding, model_version: str) -> Card:
+    def _card(self, call: HookCall, finding: Finding, model_version: str) -> Card:
         """The card for a finding of the model's diagnosis or medication head."""
-        url = self.settings.model_card_url
+        url, context = self.settings.model_card_url, call.context
         if finding.head == "diagnosis":
             return diagnosis_card(finding, context.patientId, context.encounterId, model_version, url)
-        return medication_card(finding, context.patientId, context.encounterId, context.userId, model_version, url)
+        return medication_card(
+            finding,
+            context.patientId,
+            context.encounterId,
+            context.userId,
+            model_version,
+            url,
+            allergies_checked="allergies" not in call.unchecked,
+        )
 
     def precompute(self, job: ScoringJob) -> None:
         """Score `job` in the background into the cache, for a later hook that will ask for it

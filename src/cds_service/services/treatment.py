@@ -4,14 +4,23 @@ Safety rules come first and need no model, so an interaction, allergy or duplica
 survives any model failure. The model's medication candidates are scored from the record alone (not
 the drafts), so the job is the very one patient-view precomputed; the drafts then filter them: a
 candidate already drafted, or interacting with a draft, is not recommended.
+
+Each safety check (interactions, allergies, duplicates) runs on its own: one that fails costs only its
+own cards, never the others' (an interaction warning survives a malformed allergy record). A check that
+failed, or could not read every resource, is never silence: it is a reason on the answer (so in the
+audit record) and a metric (`safety-check-failed:<check>`, `safety-check-partial:<check>`), it is
+logged by check name and exception type only (no PHI), the physician gets a card saying what was not
+checked, and the recommendations do not claim it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from cds_service.cards.builders import allergy_card, duplicate_card, interaction_card
+from cds_service.cards.builders import allergy_card, duplicate_card, interaction_card, unchecked_card
 from cds_service.core.settings import Settings
 from cds_service.fhir.bundles import entries
 from cds_service.fhir.elements import Resource, condition_tokens
@@ -21,7 +30,7 @@ from cds_service.ml.contract import Finding, ScoringJob
 from cds_service.safety.orders import (
     Drug,
     active_drugs,
-    check_allergies,
+    allergy_check,
     check_duplicates,
     check_interactions,
     conflicts,
@@ -29,6 +38,7 @@ from cds_service.safety.orders import (
 )
 from cds_service.services.answer import HookAnswerer, HookCall
 
+log = logging.getLogger(__name__)
 MEDICATION_CANDIDATES = 4  # scored and explained per patient; the drafts then filter them
 MOST_RECOMMENDATIONS = 2  # medication cards next to the safety cards (and never above max_cards)
 
@@ -63,17 +73,59 @@ def draft_drugs(context: OrderSignContext, resources: list[Resource]) -> tuple[l
     return drafts, drafts
 
 
-def safety_cards(focus: list[Drug], drafts: list[Drug], resources: list[Resource], url: str) -> Iterator[Card]:
-    """Interaction, allergy and duplicate-therapy cards for the drafts in `focus`."""
-    active = active_drugs(resources, exclude={d.reference for d in drafts})
-    seen: set[frozenset[str]] = set()
-    for f in check_interactions(focus, active, drafts):
-        pair = frozenset((f.draft.reference, f.other.reference))
-        if pair not in seen:  # two selected drafts that interact would otherwise be warned about twice
-            seen.add(pair)
-            yield interaction_card(f, url)
-    yield from (allergy_card(f, url) for f in check_allergies(focus, resources))
-    yield from (duplicate_card(f, url) for f in check_duplicates(focus, active))
+@dataclass
+class SafetyChecks:
+    """The safety cards of one answer, and which checks did not (fully) run."""
+
+    cards: list[Card] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # checks that raised: their cards are lost
+    unreadable: dict[str, int] = field(default_factory=dict)  # check -> resources it could not fully read
+
+    @property
+    def incomplete(self) -> set[str]:
+        """The checks whose silence must not be read as "nothing found"."""
+        return set(self.failed) | {check for check, n in self.unreadable.items() if n}
+
+
+def safety_checks(focus: list[Drug], drafts: list[Drug], resources: list[Resource], url: str) -> SafetyChecks:
+    """Interaction, allergy and duplicate-therapy cards for the drafts in `focus`, each check isolated."""
+    others = {d.reference for d in drafts}
+
+    def interactions() -> tuple[list[Card], int]:
+        seen: set[frozenset[str]] = set()
+        cards = []
+        for f in check_interactions(focus, active_drugs(resources, exclude=others), drafts):
+            pair = frozenset((f.draft.reference, f.other.reference))
+            if pair not in seen:  # two selected drafts that interact would otherwise be warned about twice
+                seen.add(pair)
+                cards.append(interaction_card(f, url))
+        return cards, 0
+
+    def allergies() -> tuple[list[Card], int]:
+        checked = allergy_check(focus, resources)
+        return [allergy_card(f, url) for f in checked.findings], checked.unreadable
+
+    def duplicates() -> tuple[list[Card], int]:
+        return [duplicate_card(f, url) for f in check_duplicates(focus, active_drugs(resources, exclude=others))], 0
+
+    out = SafetyChecks()
+    rules: tuple[tuple[str, Callable[[], tuple[list[Card], int]]], ...] = (
+        ("interactions", interactions),
+        ("allergies", allergies),
+        ("duplicates", duplicates),
+    )
+    for check, rule in rules:
+        try:
+            cards, unreadable = rule()
+        except Exception as exc:  # the last line of defence: a failing check costs only its own cards
+            log.error("safety check %s failed (%s); answering without its cards", check, type(exc).__name__)
+            out.failed.append(check)
+            continue
+        out.cards.extend(cards)
+        if unreadable:
+            log.warning("safety check %s could not read %d resource(s); checked the rest", check, unreadable)
+            out.unreadable[check] = unreadable
+    return out
 
 
 def against_drafts(findings: list[Finding], drafts: list[Drug], max_cards: int) -> list[Finding]:
@@ -88,9 +140,28 @@ async def check_orders(answerer: HookAnswerer, call: HookCall) -> None:
     """The order hooks' handler: safety cards, then the recommendations that survive the drafts."""
     context = call.context
     assert isinstance(context, OrderSignContext)  # validate_context guarantees it for order hooks
+    url = answerer.settings.model_card_url
     drafts, focus = draft_drugs(context, call.data.resources)
-    call.answer.cards.extend(safety_cards(focus, drafts, call.data.resources, answerer.settings.model_card_url))
-    result = await answerer.score(call, medication_job(context, call.data, answerer.settings))
-    if result is not None:
-        result.findings = against_drafts(result.findings, drafts, answerer.settings.max_cards)
-        answerer.model_cards(call, result)
+    safety = safety_checks(focus, drafts, call.data.resources, url)
+    call.answer.cards.extend(safety.cards)
+    for check in safety.failed:
+        call.degrade(f"safety-check-failed:{check}")
+    for check, unreadable in safety.unreadable.items():
+        for _ in range(unreadable):  # each resource the check could not read is counted
+            call.degrade(f"safety-check-partial:{check}")
+    call.unchecked |= safety.incomplete
+    if focus:  # a check that did not finish says so: silence would read as "nothing found"
+        for check in ("interactions", "allergies", "duplicates"):
+            if check in safety.incomplete:
+                failed = check in safety.failed
+                call.answer.cards.append(unchecked_card(check, failed, safety.unreadable.get(check, 0), url))
+    try:
+        result = await answerer.score(call, medication_job(context, call.data, answerer.settings))
+        if result is not None:
+            result.findings = against_drafts(result.findings, drafts, answerer.settings.max_cards)
+            answerer.model_cards(call, result)
+    except Exception as exc:  # the safety cards above must not be lost with the recommendations
+        call.degrade("recommendation-error")
+        log.error(
+            "%s: recommendations failed (%s); answering with the safety cards", call.service.id, type(exc).__name__
+        )
