@@ -187,16 +187,20 @@ def test_a_failing_allergy_check_is_never_silence(
     assert PHI not in caplog.text and "KeyError" in caplog.text
 
 
-def test_recommendations_that_fail_do_not_take_the_safety_cards_with_them(caplog: pytest.LogCaptureFixture) -> None:
-    # A Condition whose verificationStatus is a string breaks reading the encounter's diagnoses for the
-    # model's job (fhir.elements); the safety cards, computed already, must still go out.
-    condition = {"resourceType": "Condition", "id": "c1", "verificationStatus": "confirmed", "code": {"text": "x"},
-                 "encounter": {"reference": "Encounter/e1"}}  # fmt: skip
+def test_recommendations_that_fail_do_not_take_the_safety_cards_with_them(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building the model's job fails (an unforeseen record shape); the safety cards, computed already,
+    # must still go out, and the log must not quote the exception's message (it may hold PHI).
+    def broken(*_: object) -> None:
+        raise RuntimeError("patient p1 has confirmed x")
+
+    monkeypatch.setattr("cds_service.services.treatment.medication_job", broken)
     context = {"encounterId": "e1", "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": WARFARIN}]}}
-    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, ASPIRIN, condition])
+    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, ASPIRIN])
     request = HookRequest.model_validate(hook_request("order-sign", "p1", prefetch, extra_context=context))
     with caplog.at_level(logging.DEBUG):
         got = answer(request, OneMedication())
     assert topics(got.cards) == ["drug-interaction"]
     assert "recommendation-error" in got.reasons
-    assert "confirmed" not in caplog.text
+    assert "confirmed" not in caplog.text and "RuntimeError" in caplog.text

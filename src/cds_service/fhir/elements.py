@@ -103,24 +103,23 @@ def reference_target(ref: Any) -> str | None:
 INVALID_CONDITION = {"entered-in-error", "refuted"}
 
 
-def _status_codes(resource: dict[str, Any], element: str) -> set[str]:
-    concept = resource.get(element)
-    return {str(c.get("code")) for c in (concept or {}).get("coding") or [] if isinstance(c, dict)}
+def status_codes(resource: dict[str, Any], element: str) -> set[str]:
+    """The codes of a status CodeableConcept (`clinicalStatus`, `verificationStatus`); empty if malformed."""
+    return {str(c.get("code")) for c in codings(resource.get(element))}
 
 
-def _encounter_of(resource: dict[str, Any]) -> str | None:
-    ref = resource.get("encounter") or resource.get("context")
-    target = ref.get("reference") if isinstance(ref, dict) else None
-    return target.rsplit("/", 1)[-1] if isinstance(target, str) else None
+def encounter_id_of(resource: dict[str, Any]) -> str | None:
+    """The id of the encounter a resource was recorded at (R4 `encounter`, STU3 `context`)."""
+    return ref_id(reference_target(resource.get("encounter")) or reference_target(resource.get("context")))
 
 
 def condition_tokens(resources: list[dict[str, Any]], encounter_id: str | None = None) -> list[str]:
     """Tokens of the patient's (valid) conditions; with `encounter_id`, only those recorded at it."""
     out = []
     for r in resources:
-        if r.get("resourceType") != "Condition" or _status_codes(r, "verificationStatus") & INVALID_CONDITION:
+        if r.get("resourceType") != "Condition" or status_codes(r, "verificationStatus") & INVALID_CONDITION:
             continue
-        if encounter_id is not None and _encounter_of(r) != encounter_id:
+        if encounter_id is not None and encounter_id_of(r) != encounter_id:
             continue
         coded = code_token(r.get("code"))
         if coded:
