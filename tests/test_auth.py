@@ -14,6 +14,7 @@ import pytest
 import redis
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
+from prometheus_client import REGISTRY
 
 from cds_service.api.auth import JwtVerifier, ReplayCache
 from cds_service.core.errors import AuthError
@@ -80,24 +81,37 @@ def _tampered() -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "header"),
+    ("name", "header", "reason", "claim"),
     [
-        ("expired", lambda: sign(claims(exp=int(time.time()) - 3600, iat=int(time.time()) - 3900))),
-        ("wrong audience", lambda: sign(claims(aud="https://other.example.org/cds-services/x"))),
-        ("unknown issuer", lambda: sign(claims(iss="https://evil.example.org/"))),
-        ("alg none", lambda: _unsigned(claims())),
-        ("HS256", lambda: sign(claims(), "HS256", OctKey.generate_key(256, parameters={"kid": "ec"}))),
-        ("tampered signature", _tampered),
-        ("no jti", lambda: sign(claims(jti=None))),
-        ("issued in the future", lambda: sign(claims(iat=int(time.time()) + 3600))),
-        ("not yet valid", lambda: sign(claims(nbf=int(time.time()) + 3600))),
-        ("no token", lambda: None),
-        ("garbage", lambda: "Bearer abc.def"),
+        # joserfc's claims registry: `exp` passed (beyond the leeway)
+        ("expired", lambda: sign(claims(exp=int(time.time()) - 3600, iat=int(time.time()) - 3900)),
+         "claims invalid (ExpiredTokenError)", "exp"),
+        ("wrong audience", lambda: sign(claims(aud="https://other.example.org/cds-services/x")),
+         "audience is not this endpoint", None),
+        ("unknown issuer", lambda: sign(claims(iss="https://evil.example.org/")), "issuer not on the allow-list", None),
+        ("alg none", lambda: _unsigned(claims()), "algorithm not accepted: none", None),
+        ("HS256", lambda: sign(claims(), "HS256", OctKey.generate_key(256, parameters={"kid": "ec"})),
+         "algorithm not accepted: HS256", None),
+        ("tampered signature", _tampered, "signature invalid (BadSignatureError)", None),
+        ("no jti", lambda: sign(claims(jti=None)), "claims invalid (MissingClaimError)", "jti"),
+        # joserfc's registry rejects a future `iat` (beyond the leeway) before our own "issued in the future"
+        ("issued in the future", lambda: sign(claims(iat=int(time.time()) + 3600)),
+         "claims invalid (InvalidClaimError)", "iat"),
+        ("not yet valid", lambda: sign(claims(nbf=int(time.time()) + 3600)),
+         "claims invalid (InvalidClaimError)", "nbf"),
+        ("no token", lambda: None, "no bearer token", None),
+        ("garbage", lambda: "Bearer abc.def", "malformed token", None),  # its header is not base64 JSON
     ],
-)
-def test_bad_tokens_are_rejected(name: str, header: Any) -> None:
-    with pytest.raises(AuthError):
+)  # fmt: skip
+def test_bad_tokens_are_rejected(name: str, header: Any, reason: str, claim: str | None) -> None:
+    """Each is rejected for its own reason: the one logged, and (up to its parenthesis) the metric's label."""
+    label = reason.split(" (")[0]
+    before = REGISTRY.get_sample_value("cds_auth_failures_total", {"reason": label}) or 0.0
+    with pytest.raises(AuthError) as rejected:
         verify(verifier(), header())
+    assert str(rejected.value) == reason
+    assert getattr(rejected.value.__cause__, "claim", None) == claim  # the claim the registry objected to
+    assert REGISTRY.get_sample_value("cds_auth_failures_total", {"reason": label}) == before + 1
 
 
 def test_the_spec_example_jwt_is_rejected_as_expired() -> None:

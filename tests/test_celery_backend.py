@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from cds_service.core.errors import DeadlineMissed
 from cds_service.core.settings import Settings
@@ -22,29 +22,8 @@ from cds_service.ml.contract import ScoringJob, ScoringResult
 from cds_service.serving.inprocess import InProcessBackend
 from cds_service.workers.client import CeleryBackend
 from cds_service.workers.protocol import heartbeat_key
+from tests.celery_helpers import DOWN_URL, REDIS_URL, start_worker, stop
 from tests.conftest import bundle_resources
-
-REDIS_URL = "redis://127.0.0.1:6379/14"
-DOWN_URL = "redis://127.0.0.1:6399/0"  # nothing listens here: Redis as seen when it is stopped
-
-
-def start_worker(queue: str, concurrency: int = 8) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CDS_REDIS_URL=REDIS_URL, CDS_INFERENCE_QUEUE=queue, CDS_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "worker", "--concurrency", str(concurrency)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    client = redis.Redis.from_url(REDIS_URL)
-    deadline = time.monotonic() + 90
-    while client.zcount(heartbeat_key(queue), time.time() - 2, "+inf") == 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("worker did not start")
-        time.sleep(0.2)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)  # no goodbye: its heartbeat simply goes stale
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +155,15 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     proc.wait()
 
 
+def metric_value(metrics: str, name: str, **labels: str) -> float:
+    """One sample of `/metrics` text (0 when the labelled series is absent, as before its first count)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
 def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
     own_redis: tuple[str, subprocess.Popen[bytes]], synthea_fhir: Path, tmp_path: Path
 ) -> None:
@@ -185,9 +173,10 @@ def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
     from tests.servers import running_server
 
     url, redis_proc = own_redis
-    resources = next(iter(bundle_resources(synthea_fhir)))[1]
-    pid = next(r["id"] for r in resources if r["resourceType"] == "Patient")
-    body = hook_request("patient-view", pid, prefetch_for(resources))
+    bodies = []
+    for _, resources in list(bundle_resources(synthea_fhir))[:2]:
+        pid = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+        bodies.append(hook_request("patient-view", pid, prefetch_for(resources)))
     env = dict(os.environ, CDS_REDIS_URL=url, CDS_INFERENCE_QUEUE="e2e", CDS_LOG_LEVEL="WARNING")
     worker = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "worker", "--concurrency", "4"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -198,21 +187,43 @@ def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
     settings = Settings(dev_mode=True, data_dir=tmp_path, redis_url=url, inference_queue="e2e", deadline_ms=3000,
                         min_card_probability=0.0, fallback_inprocess=False)  # fmt: skip
     timings = []
+    fallbacks = "cds_backend_fallbacks_total"
+    misses = {"name": "cds_deadline_misses_total", "service": "diagnosis-suggestions"}
     with running_server(settings) as server:
 
-        def call() -> httpx.Response:
+        def call(body: dict[str, Any]) -> httpx.Response:
             start = time.monotonic()
             response = httpx.post(f"{server}/cds-services/diagnosis-suggestions", json=body, timeout=30)
             timings.append(time.monotonic() - start)
             return response
 
-        healthy = call()
+        def metrics() -> str:
+            return httpx.get(f"{server}/metrics").text
+
+        healthy = call(bodies[0])
         assert healthy.status_code == 200 and healthy.json()["cards"]  # scored by the worker
+        before = metrics()
         stop(worker)
-        assert call().status_code == 200  # worker gone: safety-only answer inside the deadline
+        # Another patient: the first one's scores are now in the Redis score cache, and a cache hit would
+        # answer without ever asking the (dead) worker.
+        gone = call(bodies[1])
+        after_worker = metrics()
         redis_proc.kill()
         redis_proc.wait()
-        assert call().status_code == 200  # Redis gone too
-        metrics = httpx.get(f"{server}/metrics").text
+        down = call(bodies[0])  # Redis gone too: the score cache is down with it, so this scores again
+        after_redis = metrics()
+    # worker gone: safety-only answer inside the deadline (patient-view has only model cards), because the
+    # job went unanswered ("deadline") or the stale heartbeat sent it nowhere ("no-worker"), and it was counted
+    assert gone.status_code == 200 and gone.json()["cards"] == [], "model cards: the dead worker was never asked"
+    lost_worker = sum(
+        metric_value(after_worker, fallbacks, reason=r) - metric_value(before, fallbacks, reason=r)
+        for r in ("deadline", "no-worker")
+    )
+    assert lost_worker >= 1, "the lost worker's fallback was not counted"
+    assert metric_value(after_worker, **misses) == metric_value(before, **misses) + 1
+    # Redis gone: the liveness check itself fails, counted as "redis-down"
+    assert down.status_code == 200 and down.json()["cards"] == [], "model cards with Redis down"
+    redis_down = metric_value(after_redis, fallbacks, reason="redis-down")
+    assert redis_down >= metric_value(after_worker, fallbacks, reason="redis-down") + 1, redis_down
+    assert metric_value(after_redis, **misses) == metric_value(after_worker, **misses) + 1
     assert max(timings[1:]) < 3.0 + 1.0
-    assert "cds_backend_fallbacks_total" in metrics

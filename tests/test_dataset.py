@@ -7,13 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from cds_service.data.build import BuildOptions, build_dataset
+from cds_service.data.build import BuildOptions, build_dataset, patient_split
 from cds_service.data.dataset import load_dataset
 from cds_service.data.labels import encounter_labels, is_disorder
 from cds_service.fhir.elements import code_token, ref_id
@@ -111,6 +112,12 @@ def test_labels_match_the_record(synthea_fhir: Path, synthea_timelines: list[Any
     assert social == []
 
 
+def _epoch(value: str) -> float:
+    """A FHIR dateTime as epoch seconds (UTC when it carries no offset)."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 def test_dataset_from_synthea(synthea_fhir: Path, tmp_path: Path) -> None:
     manifest = build_dataset([synthea_fhir], tmp_path / "ds", BuildOptions(**{**vars(SMALL), "generator": "synthea"}))
     ds = load_dataset(tmp_path / "ds")
@@ -130,6 +137,30 @@ def test_dataset_from_synthea(synthea_fhir: Path, tmp_path: Path) -> None:
     splits = ds.sample_split()
     for name, i in (("train", 0), ("validation", 1), ("test", 2)):
         assert manifest["splits"][name]["samples"] == int((splits == i).sum())
+    # Whose is each patient row? Read from the FHIR record itself: the patient whose encounters start at the
+    # cutoffs (encounter starts) of the row's samples.
+    starts = {
+        next(r["id"] for r in resources if r["resourceType"] == "Patient"): {
+            _epoch(r["period"]["start"]) for r in resources if r["resourceType"] == "Encounter"
+        }
+        for _, resources in bundle_resources(synthea_fhir)
+    }
+    sample_patient = ds.arrays["sample_patient"]
+    owner: dict[int, str] = {}
+    for row in np.unique(sample_patient):
+        cutoffs = set(ds.arrays["sample_time"][sample_patient == row].tolist())
+        owners = [pid for pid, times in starts.items() if cutoffs <= times]
+        assert len(owners) == 1, (row, owners)
+        owner[int(row)] = owners[0]
+    assert len(set(owner.values())) == len(owner) > 1  # no patient is two rows, which could sit in two splits
+    split_of = {pid: {int(x) for x in splits[np.isin(sample_patient, [r for r, p in owner.items() if p == pid])]}
+                for pid in set(owner.values())}  # fmt: skip
+    assert all(len(found) == 1 for found in split_of.values()), split_of  # each patient's samples: one split
+    in_split = [{pid for pid, found in split_of.items() if i in found} for i in range(3)]
+    assert not (in_split[0] & in_split[1] or in_split[0] & in_split[2] or in_split[1] & in_split[2])
+    # and that split is the patient's own, from a hash of its id: never assigned sample by sample
+    for s, row in enumerate(sample_patient):
+        assert splits[s] == patient_split(owner[int(row)], manifest["seed"]), s
 
 
 def test_dataset_from_clinosim(clinosim_fhir: Path, tmp_path: Path) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,9 +99,74 @@ def test_malformed_resources_cost_only_themselves() -> None:
     assert sum(builder.report.warnings.values()) >= 2
 
 
-def test_every_spec_example_parses() -> None:
+# What reading each spec example's FHIR content yields: (resources read, by type; warnings, by kind), worked
+# out from the examples themselves. Every other example holds no FHIR resource at all.
+SPEC_EXAMPLE_READS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
+    "action-create-example.json": ({"MedicationRequest": 1}, {}),  # a card action's resource
+    "action-update-example.json": ({"ServiceRequest": 1}, {}),
+    "response-systemActions-example.json": ({"ServiceRequest": 1}, {}),
+    # draftOrders Bundles with no `type` (CDS clients send them so): read, with a warning
+    "context-draftOrders-no-medicationRequestId.json": ({"MedicationRequest": 1}, {"bundle-without-type": 1}),
+    "context-draftOrders-with-medicationRequestId.json": ({"MedicationRequest": 1}, {"bundle-without-type": 1}),
+    "hook-appointment-book-context-1.fragment.json": ({"Appointment": 2}, {"bundle-without-type": 1}),
+    "hook-appointment-book-context-2.fragment.json": ({"Appointment": 1}, {"bundle-without-type": 1}),
+    "hook-order-select-r4.v1.0.1-no-bundle-type.json": (
+        {"NutritionOrder": 1, "MedicationRequest": 1},
+        {"bundle-without-type": 1},
+    ),
+    "hook-order-sign-r4.v1.0.1-no-bundle-type.json": (
+        {"NutritionOrder": 1, "MedicationRequest": 1},
+        {"bundle-without-type": 1},
+    ),
+    # Library 1.0.1's appointments: a bare array of resources, no Bundle
+    "hook-appointment-book-context-1.v1.0.1-array.fragment.json": ({"Appointment": 2}, {}),
+    # DSTU2's MedicationOrder is no R4 type: skipped, and said so; its NutritionOrder is read
+    "hook-order-select-dstu2.json": ({"NutritionOrder": 1}, {"other-version-resource": 1}),
+    "hook-order-sign-dstu2.fragment.json": ({"NutritionOrder": 1}, {"other-version-resource": 1}),
+    # R4 and STU3 draft orders: both types exist in R4
+    "hook-order-select-r4.json": ({"NutritionOrder": 1, "MedicationRequest": 1}, {}),
+    "hook-order-select-stu3.json": ({"NutritionOrder": 1, "MedicationRequest": 1}, {}),
+    "hook-order-sign-r4.json": ({"NutritionOrder": 1, "MedicationRequest": 1}, {}),
+    "hook-order-sign-stu3.json": ({"NutritionOrder": 1, "MedicationRequest": 1}, {}),
+    # prefetch: a Patient, and an Observation inside a searchset Bundle ("user" is a plain string)
+    "prefetch-data-example.json": ({"Patient": 1, "Observation": 1}, {}),
+    "request-patient-view.json": ({"Patient": 1}, {}),
+}
+
+
+def _fhir_documents(node: Any) -> Iterator[dict[str, Any]]:
+    """The outermost JSON objects with a `resourceType` (resources or Bundles) anywhere in a document."""
+    if isinstance(node, dict):
+        if "resourceType" in node:
+            yield node
+            return
+        for value in node.values():
+            yield from _fhir_documents(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _fhir_documents(item)
+
+
+def _raw_resource_types(text: str) -> Counter[str]:
+    """Every non-Bundle resourceType in the file's text, counted without parsing any structure."""
+    return Counter(t for t in re.findall(r'"resourceType"\s*:\s*"([A-Za-z]+)"', text) if t != "Bundle")
+
+
+def test_every_spec_example_parses_and_reads_without_losing_a_resource() -> None:
     names = sorted(p.name for p in SPEC_EXAMPLES.glob("*.json"))
     assert len(names) > 40
+    assert set(SPEC_EXAMPLE_READS) <= set(names)
     for name in names:
         doc = load_example(name)
         assert isinstance(doc, dict), name
+        report = ReadReport()
+        read = [r for d in _fhir_documents(doc) for r in iter_document_resources(d, report, origin=name)]
+        types, warnings = SPEC_EXAMPLE_READS.get(name, ({}, {}))
+        assert Counter(r["resourceType"] for r in read) == Counter(types), name
+        assert report.resources == len(read), name
+        assert dict(report.warnings) == warnings, (name, report.messages)
+        # nothing is lost silently: each resource in the file is either read or skipped with a warning
+        skipped = Counter(m.split(": ")[-1].split()[0] for m in report.messages if "not an R4 resource type" in m)
+        assert Counter(r["resourceType"] for r in read) + skipped == _raw_resource_types(
+            (SPEC_EXAMPLES / name).read_text()
+        ), name

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import (
@@ -37,7 +38,10 @@ def test_auc_by_hand() -> None:
     # label 2: positive {0.4}; negatives {0.3, 0.1, 0.5} -> AUROC 2/3, AP = 1/2
     assert macro_auroc(Y, S) == pytest.approx((1 + 1 + 2 / 3) / 3)
     assert macro_auprc(Y, S) == pytest.approx((1 + 1 + 0.5) / 3)
-    assert 0.5 < micro_auroc(Y, S) <= 1.0
+    # micro: all 12 cells as one ranking. Positives {0.9, 0.8, 0.6, 0.4, 0.3} vs negatives
+    # {0.2, 0.1, 0.3, 0.2, 0.1, 0.1, 0.5}: 7 + 7 + 7 + 6 + (5 + one tie at 0.3 counted 1/2) = 32.5 of 35 pairs
+    assert micro_auroc(Y, S) == pytest.approx(32.5 / 35)
+    assert micro_auroc(Y, S) == pytest.approx(roc_auc_score(Y.ravel(), S.ravel()))  # and as sklearn ranks it
 
 
 def test_set_metrics_by_hand() -> None:

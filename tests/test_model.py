@@ -5,29 +5,33 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cds_service.data.dataset import load_dataset
 from cds_service.evaluation.metrics import ddi_rate, jaccard, macro_auprc, micro_auprc, recall_at_k
 from cds_service.evaluation.model_card import read_card_text, write_model_card
 from cds_service.evaluation.report import WIDE_LR, evaluate, fit_baselines, split_samples, write_report
-from cds_service.ml.artifacts import Predictor
-from cds_service.ml.batch import score_dataset, score_dataset_wide_only
+from cds_service.ml.artifacts import Predictor, save_model
+from cds_service.ml.batch import encode_dataset, score_dataset, score_dataset_wide_only
 from cds_service.ml.features import (
     EncodeConfig,
     TokenSpace,
     WideSpace,
     encode,
+    encode_samples,
     history_from_dataset,
+    known_dx_matrix,
     pad_batch,
     wide_event_contributions,
     wide_features,
 )
 from cds_service.ml.recommend import recommendation_sets
-from cds_service.ml.tensors import sigmoid, to_tensors
+from cds_service.ml.tensors import predict_logits, sigmoid, to_tensors
 from cds_service.training.calibration import fit_residual_scale
 from cds_service.training.options import TrainOptions
 from cds_service.training.recalibrate import recalibrate
@@ -52,15 +56,70 @@ def test_tiny_model_learns_above_the_prior(synthea_dataset: Path, tiny_model: Pa
         assert micro_auprc(y, p) > 2 * micro_auprc(y, prior), (head, micro_auprc(y, p), micro_auprc(y, prior))
 
 
-def test_save_and_load_reproduce_scores(synthea_dataset: Path, tiny_model: Path) -> None:
-    ds = load_dataset(synthea_dataset)
-    rows = np.arange(min(40, len(ds.arrays["sample_patient"])))
-    a = score_dataset(Predictor(tiny_model), ds, rows)
-    b = score_dataset(Predictor(tiny_model), ds, rows)
-    np.testing.assert_array_equal(a.diagnosis, b.diagnosis)
-    np.testing.assert_array_equal(a.medication, b.medication)
+@pytest.mark.parametrize("wide", [False, True], ids=["plain", "wide"])
+def test_save_and_load_reproduce_scores(
+    wide: bool, synthea_fhir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The reloaded directory scores exactly as the trained model did in memory, before it was saved."""
+    from cds_service.data.build import BuildOptions, build_dataset
+
+    if wide:
+        # The wide branch reused from the module's wide model (fitting it again takes minutes): the residual
+        # scale is then fitted at calibration, and kept outside the weights file.
+        ds = load_dataset(request.getfixturevalue("synthea_dataset"))
+        wide_from = str(request.getfixturevalue("wide_model"))
+        opts = TrainOptions(profile="tiny", epochs=2, patience=2, lr=3e-3, wide=True, wide_from=wide_from)
+    else:
+        # a note-piece cap other than the default, so that a config.json that lost it would show
+        options = BuildOptions(min_label_count=1, min_token_count=1, note_vocab_size=500, max_note_pieces=48)
+        build_dataset([synthea_fhir], tmp_path / "ds", options)
+        ds = load_dataset(tmp_path / "ds")
+        opts = TrainOptions(profile="tiny", epochs=2, patience=2, lr=3e-3)
+    trained: dict[str, Any] = {}
+
+    def keep(model: Any, dataset: Any, out: Path, enc_cfg: EncodeConfig, calibration: Any, training: Any) -> None:
+        trained.update(model=model, enc_cfg=enc_cfg, calibration=calibration)  # the model as trained, in memory
+        save_model(model, dataset, out, enc_cfg, calibration, training)
+
+    monkeypatch.setattr("cds_service.training.train.save_model", keep)  # what train() saves with
+    out = tmp_path / "model"
+    train(ds, out, opts)
+    model, enc_cfg = trained["model"], trained["enc_cfg"]
     for name in ("model.safetensors", "config.json", "vocab.json", "labels.json", "calibration.json", "notes.model"):
-        assert (tiny_model / name).is_file(), name
+        assert (out / name).is_file(), name
+
+    # the weights file holds the in-memory model's parameters, tensor by tensor, and the reload has them too
+    on_disk, in_memory = load_file(str(out / "model.safetensors")), model.state_dict()
+    predictor = Predictor(out)
+    reloaded = predictor.model.state_dict()
+    assert set(on_disk) == set(in_memory) == set(reloaded)
+    for name, tensor in in_memory.items():
+        assert torch.equal(on_disk[name], tensor.cpu()), name
+        assert torch.equal(reloaded[name].cpu(), tensor.cpu()), name
+    assert torch.equal(predictor.model.residual_scale.cpu(), model.residual_scale.cpu())
+
+    # config.json carries the caps that training and serving must share
+    encode_section = json.loads((out / "config.json").read_text())["encode"]
+    assert {"max_known_dx", "max_note_pieces"} <= set(encode_section), encode_section
+    assert encode_section["max_known_dx"] == enc_cfg.max_known_dx
+    assert encode_section["max_note_pieces"] == enc_cfg.max_note_pieces == ds.manifest["options"]["max_note_pieces"]
+    assert wide or encode_section["max_note_pieces"] == 48  # the non-default cap reached the model
+    assert predictor.encode_config == enc_cfg
+
+    # logits: the in-memory model on training's own encoding vs the reloaded Predictor on its own
+    rows = np.arange(min(40, len(ds.arrays["sample_patient"])))
+    known = known_dx_matrix(ds, rows, enc_cfg.max_known_dx)
+    memory_dx, memory_med = predict_logits(model, encode_samples(ds, rows, enc_cfg), known)
+    assert np.abs(memory_dx).max() > 0 and np.abs(memory_med).max() > 0
+    encoded, reloaded_known = encode_dataset(predictor, ds, rows)
+    reloaded_dx, reloaded_med = predict_logits(predictor.model, encoded, reloaded_known)
+    np.testing.assert_array_equal(reloaded_dx, memory_dx)
+    np.testing.assert_array_equal(reloaded_med, memory_med)
+    # and the scores: the calibration the trained model was given, applied to its in-memory logits
+    temperature = trained["calibration"]["temperature"]
+    scores = score_dataset(predictor, ds, rows)
+    np.testing.assert_array_equal(scores.diagnosis, sigmoid(memory_dx / temperature["diagnosis"]))
+    np.testing.assert_array_equal(scores.medication, sigmoid(memory_med / temperature["medication"]))
 
 
 def test_encoding_keeps_only_history_before_the_cutoff(synthea_dataset: Path) -> None:
@@ -217,17 +276,32 @@ def test_wide_evidence_shares_add_up_to_the_wide_logit(synthea_dataset: Path, wi
     assert checked
 
 
-def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, tmp_path: Path) -> None:
-    ds = load_dataset(synthea_dataset)
-    predictor = Predictor(wide_model)
+@pytest.fixture(scope="module")
+def evaluation_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A cohort whose test split holds positives of both heads (the 6-patient fixture's holds none, which
+    made every report figure NaN), and a small wide model trained on it."""
+    from cds_service.data.build import BuildOptions, build_dataset
+    from cds_service.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("evaluation")
+    fhir = synthesize("synthea", patients=10, seed=7, out=root / "fhir")
+    build_dataset([fhir], root / "ds", BuildOptions(min_label_count=1, min_token_count=1, note_vocab_size=500))
+    opts = TrainOptions(profile="tiny", epochs=4, patience=4, lr=3e-3, wide=True, unlabelled_fraction=0.5)
+    train(load_dataset(root / "ds"), root / "model", opts)
+    return root / "ds", root / "model"
+
+
+@pytest.mark.slow
+def test_evaluation_report_and_verdict(evaluation_cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    ds = load_dataset(evaluation_cohort[0])
+    predictor = Predictor(evaluation_cohort[1])
     train_idx, test_idx = split_samples(ds, ds, None, None, seed=3)
     cached = fit_baselines(ds, ds, train_idx, test_idx, seed=3)
     report = evaluate(predictor, ds, ds, n_boot=5, seed=3, baselines=cached)
     defined = 0
     for head, short in (("diagnosis", "dx"), ("medication", "med")):
         assert set(report[head]) >= {"transformer", "logistic_regression", "lightgbm", "prior", "paired_difference"}
-        # the report's figures are the metrics of the scores themselves (NaN where the tiny cohort's test
-        # split has no positive label of that head)
+        # the report's figures are the metrics of the scores themselves
         y = ds.label_matrix(short)[test_idx]
         p = getattr(score_dataset(predictor, ds, test_idx), head)
         expected = macro_auprc(y, p)
@@ -261,7 +335,7 @@ def test_evaluation_report_and_verdict(synthea_dataset: Path, wide_model: Path, 
     assert "## Verdict" in markdown and (tmp_path / "report.png").is_file()
     # the model card carries the report's own figures
     model_dir = tmp_path / "model"
-    shutil.copytree(wide_model, model_dir)
+    shutil.copytree(evaluation_cohort[1], model_dir)
     (model_dir / "card_text.md").write_text("# Model card: test\n\n## Intended use\n\nTests only.\n")
     (model_dir / "evaluation").mkdir()
     shutil.copy(tmp_path / "report.json", model_dir / "evaluation" / "report.json")

@@ -246,20 +246,66 @@ SPEC_REQUESTS = sorted(
 )
 
 
+_NO_CONDITIONS = "Prefetch data conditions missing and no fhirServer to fetch from"
+_NO_ORDER_DATA = "Prefetch data conditions, medications, allergies missing and no fhirServer to fetch from"
+_UNREACHABLE = "Prefetch data patient, conditions missing and the FHIR server could not provide it"
+# What each spec example gets, sent as `_spec_request` sends it (with the spec's prefetch example: "patient",
+# "hemoglobin-a1c" and "user", so none of the other data our services require; and no fhirServer):
+# (status, the field a 400's detail names first, or a 412's diagnostics). None gets a 200.
+SPEC_EXAMPLE_ANSWERS: dict[str, tuple[int, str]] = {
+    # draftOrders contexts, sent as order-sign: they show only encounterId and draftOrders, and order-sign
+    # requires userId and patientId (userId is checked first)
+    "context-draftOrders-no-medicationRequestId.json": (400, "context.userId"),
+    "context-draftOrders-with-medicationRequestId.json": (400, "context.userId"),
+    # a patientId alone, sent as patient-view: patient-view requires userId too
+    "context-patientId-only.json": (400, "context.userId"),
+    # appointment-book: no service of ours answers it (sent to the patient-view service, which refuses the hook)
+    "hook-appointment-book-context-1.fragment.json": (400, "hook"),
+    "hook-appointment-book-context-1.v1.0.1-array.fragment.json": (400, "hook"),
+    "hook-appointment-book-context-2.fragment.json": (400, "hook"),
+    # valid contexts, but required data neither prefetched (the spec's prefetch has "patient", no "conditions")
+    # nor fetchable (no fhirServer): 412 naming what is missing
+    "hook-encounter-start-context.fragment.json": (412, _NO_CONDITIONS),
+    "hook-patient-view-context-1.fragment.json": (412, _NO_CONDITIONS),
+    "hook-patient-view-context-2.fragment.json": (412, _NO_CONDITIONS),
+    # the order hooks' three required keys, likewise; DSTU2 and STU3 drafts included: the data is gathered
+    # before any draft order is read, so their FHIR version never comes into it
+    "hook-order-select-dstu2.json": (412, _NO_ORDER_DATA),
+    "hook-order-select-r4.json": (412, _NO_ORDER_DATA),
+    "hook-order-select-r4.v1.0.1-no-bundle-type.json": (412, _NO_ORDER_DATA),
+    "hook-order-select-stu3.json": (412, _NO_ORDER_DATA),
+    "hook-order-sign-dstu2.fragment.json": (412, _NO_ORDER_DATA),
+    "hook-order-sign-r4.json": (412, _NO_ORDER_DATA),
+    "hook-order-sign-r4.v1.0.1-no-bundle-type.json": (412, _NO_ORDER_DATA),
+    "hook-order-sign-stu3.json": (412, _NO_ORDER_DATA),
+    # a whole request, sent as is: its prefetch holds only "patientToGreet", and its fhirServer (the spec's)
+    # answers 503 here
+    "request-patient-view.json": (412, _UNREACHABLE),
+    # patient-view without the required context.patientId (a known non-conformance of the spec's example)
+    "request-with-extension.json": (400, "context.patientId"),
+}
+
+
 @pytest.mark.parametrize("name", SPEC_REQUESTS)
 def test_every_spec_example_gets_a_well_formed_answer(server: str, name: str) -> None:
+    assert name in SPEC_EXAMPLE_ANSWERS, f"a new spec example: add what {name} must get"
+    status, expected = SPEC_EXAMPLE_ANSWERS[name]
     if name.startswith("request-"):
         body = load_example(name)
         service = "diagnosis-suggestions"
     else:
         service, body = _spec_request(name)
     response = post(f"{server}/cds-services/{service}", body)  # the spec's example FHIR servers answer 503
-    assert response.status_code in (200, 400, 401, 412), response.text
-    if response.status_code == 200:
+    assert response.status_code == status, response.text
+    if status == 200:
         for card in response.json()["cards"]:
             assert card_problems(card) == []
-    if response.status_code == 400:
-        assert ":" in response.json()["detail"]  # names the field
+    elif status == 400:
+        assert response.json()["detail"].startswith(f"{expected}: ")  # names the field
+    else:
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["diagnostics"] == expected
 
 
 @pytest.mark.parametrize(
@@ -297,7 +343,19 @@ def test_broken_json_unknown_service_and_huge_bodies(server: str) -> None:
     assert httpx.get(f"{server}/healthz").status_code == 200  # still up
 
 
-def test_hostile_bundles_degrade_instead_of_failing(server: str, patients: list[list[dict[str, Any]]]) -> None:
+def test_hostile_bundles_degrade_instead_of_failing(
+    server: str, data_dir: Path, patients: list[list[dict[str, Any]]]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def missing_data_count() -> float:
+        for family in text_string_to_metric_families(httpx.get(f"{server}/metrics").text):
+            for sample in family.samples:
+                labels = {"service": "diagnosis-suggestions", "reason": "data-missing"}
+                if sample.name == "cds_degraded_responses_total" and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
     resources = patients[1]
     prefetch = prefetch_for(resources)
     prefetch["observations"] = {"resourceType": "OperationOutcome", "issue": []}  # EHR could not prefetch
@@ -307,10 +365,18 @@ def test_hostile_bundles_degrade_instead_of_failing(server: str, patients: list[
     conditions.append({"resource": {"resourceType": "Condition", "id": "bad", "code": 5, "onsetDateTime": "x"}})
     conditions.append({"resource": {"resourceType": "Condition", "id": "deep", "code": {"coding": [[[[{}]]]]}}})
     request = hook_request("patient-view", patient_id(resources), prefetch)
+    before = missing_data_count()
     response = post(f"{server}/cds-services/diagnosis-suggestions", request)
     assert response.status_code == 200
     for card in response.json()["cards"]:
         assert card_problems(card) == []
+    # Observations (an OperationOutcome) and encounters (not FHIR) could not be had (no fhirServer): the answer
+    # is degraded for exactly those two, by key in the audit record and counted in the metric. Procedures (a
+    # Bundle whose junk entries are skipped) and conditions (the malformed ones cost only themselves) are not.
+    outcome, details = audit_of(data_dir, request["hookInstance"])
+    assert outcome == "degraded"
+    assert sorted(details["reasons"]) == ["data-missing:encounters", "data-missing:observations"]
+    assert missing_data_count() == before + 2
 
 
 def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Path, patients: list[Any]) -> None:
