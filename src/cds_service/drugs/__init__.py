@@ -1,0 +1,1 @@
+"""The drug knowledge layer: ingredients, classes, interaction rules, as cited data."""
