@@ -21,7 +21,7 @@ from cds_service.cards.builders import EVIDENCE_EXTENSION
 from cds_service.conformance.profiles import conformance_resources, problems
 from cds_service.core.settings import Settings
 from cds_service.hooks.examples import hook_request, prefetch_for
-from cds_service.safety.interactions import ingredients_of, interaction_table
+from cds_service.safety.interactions import interactions_between
 from cds_service.safety.orders import active_drugs
 from tests.card_rules import card_problems
 from tests.conftest import SPEC_EXAMPLES, bundle_resources, load_example
@@ -178,21 +178,29 @@ def test_a_null_prefetch_key_is_no_data_while_an_absent_one_is_still_412(
     assert "conditions" in refused.json()["issue"][0]["diagnostics"]
 
 
+# Drafts tried against the patient's active drugs, each a different mechanism (CYP3A4, bleeding, QT ...).
+CANDIDATE_DRAFTS = (
+    "Clarithromycin 500 MG Oral Tablet",
+    "Ibuprofen 400 MG Oral Tablet",
+    "Fluconazole 150 MG Oral Tablet",
+    "Spironolactone 25 MG Oral Tablet",
+    "Tramadol Hydrochloride 50 MG Oral Tablet",
+)
+
+
 def _interacting_draft(resources: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
     for drug in active_drugs(resources, set()):
-        for ingredient in sorted(ingredients_of(drug.name)):
-            for pair, _item in sorted(interaction_table().items(), key=lambda kv: sorted(kv[0])):
-                if ingredient in pair:
-                    partner = next(iter(pair - {ingredient}))
-                    draft = {
-                        "resourceType": "MedicationRequest",
-                        "id": "draft-1",
-                        "status": "draft",
-                        "intent": "order",
-                        "subject": {"reference": f"Patient/{patient_id(resources)}"},
-                        "medicationCodeableConcept": {"text": f"{partner.capitalize()} 10 MG Oral Tablet"},
-                    }
-                    return draft, drug.reference
+        for candidate in CANDIDATE_DRAFTS:
+            if interactions_between(candidate, drug.name):
+                draft = {
+                    "resourceType": "MedicationRequest",
+                    "id": "draft-1",
+                    "status": "draft",
+                    "intent": "order",
+                    "subject": {"reference": f"Patient/{patient_id(resources)}"},
+                    "medicationCodeableConcept": {"text": candidate},
+                }
+                return draft, drug.reference
     return None
 
 

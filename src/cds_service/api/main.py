@@ -25,6 +25,7 @@ from cds_service.api.limits import BodySizeLimit
 from cds_service.api.routes import discovery, feedback, hooks, ops
 from cds_service.api.timing import ArrivalStamp
 from cds_service.core.settings import Settings, get_settings
+from cds_service.drugs.knowledge import load_knowledge
 from cds_service.ml.contract import InferenceBackend
 from cds_service.runtime import load_backend
 from cds_service.services.answer import HookAnswerer
@@ -95,6 +96,9 @@ async def _start(
     stack: AsyncExitStack,
 ) -> Resources:
     """Build what requests share; `stack` closes each of them at shutdown."""
+    knowledge = load_knowledge()  # the drug knowledge, schema- and cross-checked: a broken file stops start-up
+    log.info("drug knowledge: %d ingredients, %d interaction rules", len(knowledge.vocabulary.ingredients),
+             len(knowledge.rules))  # fmt: skip
     engine = make_engine(settings.resolved_database_url)
     stack.callback(engine.dispose)
     await run_in_threadpool(migrate, engine)

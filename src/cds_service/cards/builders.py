@@ -9,7 +9,7 @@ from cds_service.cards.render import finding_detail, md, override_reasons, sourc
 from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
 from cds_service.hooks.wire import Action, Card, Suggestion
 from cds_service.ml.contract import Finding
-from cds_service.safety.orders import AllergyFinding, DuplicateFinding, InteractionFinding
+from cds_service.safety.orders import AllergyFinding, Drug, DuplicateFinding, InteractionFinding
 
 EVIDENCE_EXTENSION = "https://cds-service.dev/cds-hooks/evidence"
 
@@ -62,16 +62,23 @@ def medication_card(
     version: str | None,
     card_url: str | None,
     allergies_checked: bool = True,
+    unrecognised: int = 0,
 ) -> Card:
-    """`allergies_checked`: False when the allergy check could not run or read every allergy record; the
-    card then says so instead of claiming the check."""
+    """`allergies_checked`: False when the allergy check could not run or read every allergy record;
+    `unrecognised`: drugs of the record the knowledge layer could not identify. The card then says what was
+    not checked instead of claiming the check."""
     request = proposed_medication_request(f.token, f.display, patient_id, encounter_id, requester)
     checked = (
-        "Checked against active medications, drafts and allergies: no interaction in our table."
+        "Checked against active medications, drafts and allergies: no interaction in the cited rules."
         if allergies_checked
-        else "Checked against active medications and drafts: no interaction in our table. **Not checked against "
-        "allergies**: the allergy check could not read the whole allergy list; review it before ordering."
+        else "Checked against active medications and drafts: no interaction in the cited rules. **Not checked "
+        "against allergies**: the allergy check could not read the whole allergy list; review it before ordering."
     )
+    if unrecognised:
+        drugs, verb = ("medication", "was") if unrecognised == 1 else ("medications", "were")
+        checked += (
+            f" **{unrecognised} {drugs} of the record could not be identified** and {verb} not checked against it."
+        )
     return Card(
         summary=summary(f"Consider {f.display} ({f.probability:.0%})"),
         detail=finding_detail(f, "medication commonly ordered for patients like this one") + "\n\n" + checked,
@@ -106,6 +113,7 @@ def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card
             "",
             f"- Severity: **{i.severity}** ({md(i.ingredient_a)} + {md(i.ingredient_b)})",
             f"- Mechanism: {md(i.mechanism)}",
+            *([f"- Management: {md(i.advice)}"] if i.advice else []),
             f"- Source: {md(i.source)}",
         ]
     )
@@ -121,22 +129,50 @@ def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card
 
 
 def allergy_card(f: AllergyFinding, card_url: str | None = None) -> Card:
-    critical = f.criticality == "high"
+    """Ingredient and class matches are as critical as the allergy's criticality says; a cross-reactive
+    class (penicillin allergy, cephalosporin draft) is a warning with its evidence, never critical."""
+    critical = f.criticality == "high" and f.match != "cross-reactive"
+    how = {
+        "ingredient": "contains it",
+        "class": "belongs to its class",
+        "cross-reactive": "belongs to a cross-reactive class",
+    }[f.match]
     detail = (
         f"The patient has a documented allergy or intolerance to **{md(f.substance)}** ({md(f.allergy)}"
         f"{', criticality ' + md(f.criticality) if f.criticality else ''}), and the draft order "
-        f"**{md(f.draft.name)}** names it. Matching is by substance name; cross-reactive classes are not checked."
+        f"**{md(f.draft.name)}** {how}."
     )
+    if f.note:
+        detail += f" {md(f.note)}."
     if not f.status_read:
         detail += " The allergy record's clinical or verification status could not be read, so it is taken as active."
+    kind = "Possible cross-reactivity" if f.match == "cross-reactive" else "Allergy"
     return Card(
-        summary=summary(f"Allergy: {f.draft.name} conflicts with documented {f.substance} allergy"),
+        summary=summary(f"{kind}: {f.draft.name} with documented {f.substance} allergy"),
         detail=detail,
         indicator="critical" if critical else "warning",
         source=source("drug-allergy", None, card_url),
         suggestions=[_remove(f.draft.reference, f.draft.name)],
         selectionBehavior="at-most-one",
         overrideReasons=override_reasons(SAFETY_OVERRIDES),
+    )
+
+
+def unknown_drug_card(drafts: list[Drug], card_url: str | None = None) -> Card:
+    """Drafts the drug knowledge layer cannot identify: silence about them would read as "no interaction"."""
+    names = ", ".join(f"**{md(d.name)}**" for d in drafts)
+    subject = "it was" if len(drafts) == 1 else "they were"
+    detail = (
+        f"{names} could not be identified as a known drug ingredient, so {subject} **not checked** for"
+        " interactions, allergies or duplicate therapy. Check them against the medication and allergy lists"
+        " before signing."
+    )
+    head = f"Not checked: {drafts[0].name}" + (f" and {len(drafts) - 1} more" if len(drafts) > 1 else "")
+    return Card(
+        summary=summary(f"{head} (drug not recognised)"),
+        detail=detail,
+        indicator="warning",
+        source=source("drug-interaction", None, card_url),
     )
 
 

@@ -1,79 +1,74 @@
-"""The cited drug-interaction table (`drug_interactions.csv`) and ingredient matching by drug name.
+"""Drug interactions between two drugs as EHRs write them, through the drug knowledge layer.
 
-RxNorm codes reach us with display names ("Acetaminophen 325 MG / Oxycodone Hydrochloride 5 MG",
-"Warfarin (Coumadin)"), and no RxNorm server is reachable at run time, so a drug maps to the table's
-ingredients by whole-word matches of ingredient names (and a few brand names) in its display.
+A drug (display and, when coded, its RxNorm code) is resolved to ingredients by `drugs.resolve` (brands,
+salts, combinations, tall-man lettering, bounded misspellings); the cited rules of `drugs.rules` match at
+pair, class or mechanism level (a CYP3A4-sensitive statin with any strong CYP3A4 inhibitor, not with every
+macrolide). Every caller that asks "do these two interact?" asks here: the order checks, the model's
+recommendation filter and the evaluation's DDI metric, so there is one answer.
+
+A drug that resolves to no ingredient is *unknown*, not safe: callers see it through `drug_known` and say
+so (a "not checked" card, a reason in the audit record) instead of reporting "no interaction".
 """
 
 from __future__ import annotations
 
-import csv
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from itertools import combinations
 
-SEVERITIES = ("moderate", "major", "contraindicated")  # ascending
-# Brand or class names that appear without the ingredient in generator output.
-SYNONYMS = {
-    "bactrim": ("sulfamethoxazole", "trimethoprim"),
-    "coumadin": ("warfarin",),
-    "eliquis": ("apixaban",),
-    "lovenox": ("enoxaparin",),
-    "plavix": ("clopidogrel",),
-    "humulin": ("insulin",),
-}
+from cds_service.drugs.knowledge import load_knowledge
+from cds_service.drugs.resolve import Resolution
+from cds_service.drugs.resolve import ingredients_of as resolve
+from cds_service.drugs.rules import SEVERITIES, matches_between
 
 
 @dataclass(frozen=True, slots=True)
 class Interaction:
-    ingredient_a: str
-    ingredient_b: str
-    severity: str
+    ingredient_a: str  # of the first drug asked about
+    ingredient_b: str  # of the second
+    severity: str  # contraindicated | major | moderate
     mechanism: str
-    source: str
+    source: str  # the rule's citation
+    advice: str = ""
+    rule_id: str = ""
 
 
-@lru_cache(maxsize=1)
-def interaction_table() -> dict[frozenset[str], Interaction]:
-    text = resources.files("cds_service.safety").joinpath("drug_interactions.csv").read_text(encoding="utf-8")
-    table: dict[frozenset[str], Interaction] = {}
-    for row in csv.DictReader(text.splitlines()):
-        item = Interaction(row["ingredient_a"], row["ingredient_b"], row["severity"], row["mechanism"], row["source"])
-        if item.severity not in SEVERITIES or not item.source:
-            raise ValueError(f"drug_interactions.csv: bad row for {item.ingredient_a}/{item.ingredient_b}")
-        table[frozenset((item.ingredient_a, item.ingredient_b))] = item
-    return table
+def resolution(drug_name: str, rxcui: str | None = None) -> Resolution:
+    return resolve(drug_name, rxcui, vocabulary=load_knowledge().vocabulary)
 
 
-@lru_cache(maxsize=1)
-def _ingredient_pattern() -> re.Pattern[str]:
-    names = {name for pair in interaction_table() for name in pair} | set(SYNONYMS)
-    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.compile(rf"\b({alternatives})\b", re.IGNORECASE)
+def ingredients_of(drug_name: str, rxcui: str | None = None) -> frozenset[str]:
+    """The ingredients of a drug, by its display (and RxNorm code when given)."""
+    return frozenset(resolution(drug_name, rxcui).ingredients)
 
 
-@lru_cache(maxsize=4096)
-def ingredients_of(drug_name: str) -> frozenset[str]:
-    """Table ingredients named in a drug's display text (only those the table knows)."""
-    found: set[str] = set()
-    for match in _ingredient_pattern().finditer(drug_name):
-        name = match.group(1).lower()
-        found.update(SYNONYMS.get(name, (name,)))
-    return frozenset(found)
+def drug_known(drug_name: str, rxcui: str | None = None) -> bool:
+    """Whether the drug resolves to at least one ingredient (else nothing can be said about it)."""
+    return not resolution(drug_name, rxcui).unknown
 
 
-def interactions_between(drug_a: str, drug_b: str) -> list[Interaction]:
-    table = interaction_table()
-    found = {
-        table[frozenset((x, y))]
-        for x in ingredients_of(drug_a)
-        for y in ingredients_of(drug_b)
-        if x != y and frozenset((x, y)) in table
-    }
-    return sorted(found, key=lambda i: (-SEVERITIES.index(i.severity), i.ingredient_a, i.ingredient_b))
+def interactions_between(
+    drug_a: str, drug_b: str, rxcui_a: str | None = None, rxcui_b: str | None = None
+) -> list[Interaction]:
+    """Every rule two drugs match, most severe first (one entry per rule)."""
+    knowledge = load_knowledge()
+    a, b = resolution(drug_a, rxcui_a), resolution(drug_b, rxcui_b)
+    found: dict[str, Interaction] = {}
+    for match in matches_between(a.ingredients, b.ingredients, knowledge.classes_of, knowledge.rules):
+        rule = match.rule
+        found.setdefault(
+            rule.id,
+            Interaction(
+                match.ingredient_a,
+                match.ingredient_b,
+                rule.severity,
+                rule.mechanism,
+                rule.citation,
+                rule.advice,
+                rule.id,
+            ),
+        )
+    return sorted(found.values(), key=lambda i: (-SEVERITIES.index(i.severity), i.rule_id))
 
 
 def interacting_pairs(drug_names: Iterable[str]) -> list[tuple[str, str, Interaction]]:

@@ -1,8 +1,12 @@
 """Rule-based checks of draft medication orders: interactions, allergies, duplicate therapy.
 
 These need no model, so they always run first and reach the clinician even when scoring misses its
-deadline. Drugs are matched by name (see `interactions.py`); allergy matching is by substance name only
-(no cross-reactivity classes such as penicillins/cephalosporins), which the README states as a limit.
+deadline. Drugs are resolved to ingredients and classes by the drug knowledge layer (`cds_service.drugs`,
+through `interactions.py`). Interactions match the cited rules at pair, class or mechanism level; duplicate
+therapy is a shared ingredient or a shared duplicate-therapy class (two statins, ACE inhibitor + ARB);
+allergies match by ingredient, by the allergen's class ("Penicillins", or an amoxicillin allergy against
+ampicillin) and, as a warning with its note, by cross-reactive class (penicillin allergy, cephalosporin
+draft). A drug or allergen the layer cannot resolve falls back to matching words of its name.
 
 The record is plain JSON from the EHR, so any element may be missing or of the wrong type: every element
 is read defensively (as in `fhir/elements.py`) and nothing here raises on a malformed resource. A
@@ -18,6 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cds_service.drugs.allergies import AllergyClass, allergy_classes, class_of_allergy
+from cds_service.drugs.knowledge import load_knowledge
+from cds_service.drugs.rules import duplicate_groups
+from cds_service.drugs.vocabulary import normalize_name
 from cds_service.fhir.elements import code_token
 from cds_service.fhir.medications import medication_concept, medication_index, medication_reference_display
 from cds_service.safety.interactions import Interaction, ingredients_of, interactions_between
@@ -54,6 +62,15 @@ class Drug:
     name: str
     token: str | None  # "RXNORM/123"
 
+    @property
+    def rxcui(self) -> str | None:
+        return self.token.removeprefix("RXNORM/") if self.token and self.token.startswith("RXNORM/") else None
+
+    @property
+    def ingredients(self) -> frozenset[str]:
+        """Its ingredients by the drug knowledge layer (empty: we do not know this drug)."""
+        return ingredients_of(self.name, self.rxcui)
+
 
 @dataclass(frozen=True)
 class InteractionFinding:
@@ -70,6 +87,8 @@ class AllergyFinding:
     substance: str
     criticality: str | None
     status_read: bool = True  # False: its clinical/verification status was malformed, so taken as active
+    match: str = "ingredient"  # ingredient | class (a member of the allergen's class) | cross-reactive
+    note: str = ""  # for class and cross-reactive matches: the evidence, cited
 
 
 @dataclass(frozen=True)
@@ -119,10 +138,15 @@ def active_drugs(resources: list[dict[str, Any]], exclude: set[str]) -> list[Dru
     return out
 
 
+def unknown_drugs(drugs: list[Drug]) -> list[Drug]:
+    """The drugs the knowledge layer cannot resolve to any ingredient: nothing can be said about them."""
+    return [d for d in drugs if not d.ingredients]
+
+
 def drug_words(name: str) -> set[str]:
-    """Ingredient names of a drug display: table ingredients, plus each component's leading words."""
+    """Ingredient names of a drug display: resolved ingredients, plus each component's leading words."""
     words = set(ingredients_of(name))
-    for part in name.lower().split(" / "):
+    for part in name.lower()[:300].split(" / "):
         lead = re.match(r"\s*([a-z][a-z \-]*?)\s*(\d|\[|\(|$)", part)
         if lead and lead.group(1) and lead.group(1) not in GENERIC_WORDS:
             words.add(lead.group(1).strip())
@@ -134,7 +158,7 @@ def check_interactions(drafts: list[Drug], others: list[Drug], all_drafts: list[
     for draft in drafts:
         candidates = [(o, False) for o in others] + [(d, True) for d in all_drafts if d.reference != draft.reference]
         for other, is_draft in candidates:
-            hits = interactions_between(draft.name, other.name)
+            hits = interactions_between(draft.name, other.name, draft.rxcui, other.rxcui)
             if hits:
                 found.append(InteractionFinding(draft, other, is_draft, hits[0]))
     return found
@@ -210,8 +234,43 @@ def _read_allergy(allergy: dict[str, Any]) -> _Allergy:
 
 
 def _substance_words(substance: str) -> set[str]:
-    words = re.findall(r"[a-z][a-z\-]{3,}", substance.lower())
+    words = re.findall(r"[a-z][a-z\-]{3,}", substance.lower()[:300])
     return {w for w in words if w not in GENERIC_WORDS}
+
+
+@dataclass(frozen=True)
+class _Allergen:
+    ingredients: frozenset[str]
+    classes: tuple[AllergyClass, ...]  # the allergen's own allergy classes (recorded, or of its ingredients)
+
+
+def _allergen(substance: str) -> _Allergen:
+    vocabulary = load_knowledge().vocabulary
+    recorded = allergy_classes(vocabulary).get(normalize_name(substance[:300]))
+    if recorded is not None:
+        return _Allergen(frozenset(), (recorded,))
+    ingredients = ingredients_of(substance)
+    own = {c.drug_class: c for i in ingredients if (c := class_of_allergy(vocabulary, i)) is not None}
+    return _Allergen(ingredients, tuple(own.values()))
+
+
+def _allergy_match(draft: Drug, allergen: _Allergen, substance: str) -> tuple[str, str] | None:
+    """(match kind, note) when the draft is covered by the allergen, else None."""
+    mine = draft.ingredients
+    if mine & allergen.ingredients:
+        return "ingredient", ""
+    classes = {c for i in mine for c in load_knowledge().classes_of(i)}
+    for allergy_class in allergen.classes:
+        if allergy_class.drug_class in classes:
+            return "class", allergy_class.note or f"{draft.name} belongs to the allergen's class"
+    for allergy_class in allergen.classes:
+        if allergy_class.cross_reactive & classes:
+            return "cross-reactive", allergy_class.note
+    if not mine or not (allergen.ingredients or allergen.classes):  # unknown to the layer: match by name
+        drug = set(re.findall(r"[a-z][a-z\-]{3,}", draft.name.lower()[:300]))
+        if _substance_words(substance) & drug:
+            return "ingredient", ""
+    return None
 
 
 def _allergy_findings(drafts: list[Drug], allergy: dict[str, Any], read: _Allergy) -> list[AllergyFinding]:
@@ -221,11 +280,12 @@ def _allergy_findings(drafts: list[Drug], allergy: dict[str, Any], read: _Allerg
     ref = f"AllergyIntolerance/{ident}" if isinstance(ident, str | int) else "AllergyIntolerance"
     found = []
     for substance in read.substances:
-        words = _substance_words(substance)
+        allergen = _allergen(substance)
         for draft in drafts:
-            drug = set(re.findall(r"[a-z][a-z\-]{3,}", draft.name.lower()))
-            if words & drug:
-                found.append(AllergyFinding(draft, ref, substance, read.criticality, read.status_read))
+            matched = _allergy_match(draft, allergen, substance)
+            if matched is not None:
+                kind, note = matched
+                found.append(AllergyFinding(draft, ref, substance, read.criticality, read.status_read, kind, note))
     return found
 
 
@@ -245,7 +305,11 @@ def allergy_check(drafts: list[Drug], resources: list[dict[str, Any]]) -> Allerg
             unreadable += 1
             continue
         unreadable += not read.intact
-    return AllergyCheck(list({(f.draft.reference, f.allergy): f for f in found}.values()), unreadable)
+    strength = {"ingredient": 0, "class": 1, "cross-reactive": 2}
+    best: dict[tuple[str, str], AllergyFinding] = {}
+    for f in sorted(found, key=lambda f: strength[f.match]):
+        best.setdefault((f.draft.reference, f.allergy), f)
+    return AllergyCheck(list(best.values()), unreadable)
 
 
 def check_allergies(drafts: list[Drug], resources: list[dict[str, Any]]) -> list[AllergyFinding]:
@@ -253,20 +317,41 @@ def check_allergies(drafts: list[Drug], resources: list[dict[str, Any]]) -> list
     return allergy_check(drafts, resources).findings
 
 
+def _duplicate_basis(a: Drug, b: Drug) -> tuple[str, ...]:
+    """Why two drugs are duplicate therapy: shared ingredients, a shared duplicate-therapy class, the same
+    code; or, for drugs the knowledge layer does not know, shared leading words of their names."""
+    mine, theirs = a.ingredients, b.ingredients
+    if mine and theirs:
+        shared = tuple(sorted(mine & theirs))
+        if shared:
+            return shared
+        knowledge = load_knowledge()
+        groups = {
+            g
+            for x in mine
+            for y in theirs
+            for g in duplicate_groups(knowledge.classes_of(x), knowledge.classes_of(y), knowledge.duplicate_groups)
+        }
+        if groups:
+            return tuple(f"class: {g}" for g in sorted(groups))
+    elif shared_words := drug_words(a.name) & drug_words(b.name):
+        return tuple(sorted(shared_words))
+    return ("same code",) if a.token and a.token == b.token else ()
+
+
 def check_duplicates(drafts: list[Drug], active: list[Drug]) -> list[DuplicateFinding]:
     found = []
     for draft in drafts:
-        mine = drug_words(draft.name)
         for other in active:
-            shared = (mine & drug_words(other.name)) or (
-                {"same code"} if draft.token and draft.token == other.token else set()
-            )
+            shared = _duplicate_basis(draft, other)
             if shared:
-                found.append(DuplicateFinding(draft, other, tuple(sorted(shared))))
+                found.append(DuplicateFinding(draft, other, shared))
     return found
 
 
 def conflicts(name: str, others: list[str]) -> bool:
-    """Whether a drug interacts with, or duplicates an ingredient of, any of `others` (by name)."""
-    mine = drug_words(name)
-    return any(interactions_between(name, other) or mine & drug_words(other) for other in others)
+    """Whether a drug interacts with, or is duplicate therapy with, any of `others` (by name)."""
+    me = Drug("candidate", name, None)
+    return any(
+        interactions_between(name, other) or _duplicate_basis(me, Drug("other", other, None)) for other in others
+    )

@@ -59,6 +59,7 @@ class HookCall:
     answer: HookAnswer
     started: float  # time.monotonic() when the request arrived
     unchecked: set[str] = field(default_factory=set)  # safety checks that did not fully run: cards never claim them
+    unrecognised: int = 0  # drafts and active drugs the drug knowledge layer could not identify (not checked)
     _last_lap: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ class HookAnswerer:
             model_version,
             url,
             allergies_checked="allergies" not in call.unchecked,
+            unrecognised=call.unrecognised,
         )
 
     def precompute(self, job: ScoringJob) -> None:

@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cds_service.cards.builders import allergy_card, duplicate_card, interaction_card, unchecked_card
+from cds_service.cards.builders import (
+    allergy_card,
+    duplicate_card,
+    interaction_card,
+    unchecked_card,
+    unknown_drug_card,
+)
 from cds_service.core.settings import Settings
 from cds_service.fhir.bundles import entries
 from cds_service.fhir.elements import Resource, condition_tokens
@@ -35,6 +41,7 @@ from cds_service.safety.orders import (
     check_interactions,
     conflicts,
     drug_of,
+    unknown_drugs,
 )
 from cds_service.services.answer import HookAnswerer, HookCall
 
@@ -136,6 +143,20 @@ def against_drafts(findings: list[Finding], drafts: list[Drug], max_cards: int) 
     return kept[: min(MOST_RECOMMENDATIONS, max_cards)]
 
 
+def _report_unknown_drugs(call: HookCall, focus: list[Drug], drafts: list[Drug], url: str) -> None:
+    """A drug the knowledge layer cannot identify was not checked: a selected draft gets a card saying so,
+    and every unknown drug is a reason in the audit record (`unknown-drug:draft` / `unknown-drug:active`)."""
+    others = {d.reference for d in drafts}
+    unknown_focus = unknown_drugs(focus)
+    unknown_other = unknown_drugs([d for d in drafts if d not in focus] + active_drugs(call.data.resources, others))
+    if unknown_focus:
+        call.answer.cards.append(unknown_drug_card(unknown_focus, url))
+        call.degrade("unknown-drug:draft")
+    if unknown_other:
+        call.degrade("unknown-drug:active")
+    call.unrecognised = len(unknown_focus) + len(unknown_other)
+
+
 async def check_orders(answerer: HookAnswerer, call: HookCall) -> None:
     """The order hooks' handler: safety cards, then the recommendations that survive the drafts."""
     context = call.context
@@ -150,6 +171,7 @@ async def check_orders(answerer: HookAnswerer, call: HookCall) -> None:
         for _ in range(unreadable):  # each resource the check could not read is counted
             call.degrade(f"safety-check-partial:{check}")
     call.unchecked |= safety.incomplete
+    _report_unknown_drugs(call, focus, drafts, url)
     if focus:  # a check that did not finish says so: silence would read as "nothing found"
         for check in ("interactions", "allergies", "duplicates"):
             if check in safety.incomplete:
