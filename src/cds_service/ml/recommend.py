@@ -16,19 +16,20 @@ import numpy as np
 import numpy.typing as npt
 
 from cds_service.ml.contract import ScoringJob
-from cds_service.safety.interactions import interactions_between
+from cds_service.safety.interactions import blocking_interaction
 from cds_service.safety.orders import Drug, check_allergies, conflicts
 
 Matrix = npt.NDArray[np.float32]
 
 
 def interaction_matrix(names: Sequence[str]) -> Matrix:
-    """1 where two medication labels (by display name) interact according to the cited table."""
+    """1 where two medication labels (by display name) interact at major severity or worse (the drug
+    knowledge layer's cited rules): what a recommendation list must never pair."""
     n = len(names)
     m = np.zeros((n, n), dtype=np.float32)
     for i in range(n):
         for j in range(i + 1, n):
-            if interactions_between(names[i], names[j]):
+            if blocking_interaction(names[i], names[j]) is not None:
                 m[i, j] = m[j, i] = 1.0
     return m
 

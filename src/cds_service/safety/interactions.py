@@ -71,6 +71,18 @@ def interactions_between(
     return sorted(found.values(), key=lambda i: (-SEVERITIES.index(i.severity), i.rule_id))
 
 
+# What keeps a drug from being recommended, and what the model's DDI penalty and metric count: a major or
+# contraindicated interaction. Moderate ones are still warned about on draft orders, but a recommendation
+# list that avoided every moderate interaction would drop much usual therapy.
+BLOCKING_SEVERITIES = frozenset({"major", "contraindicated"})
+
+
+def blocking_interaction(drug_a: str, drug_b: str) -> Interaction | None:
+    """The most severe interaction of the two drugs if it is major or worse, else None."""
+    found = interactions_between(drug_a, drug_b)
+    return found[0] if found and found[0].severity in BLOCKING_SEVERITIES else None
+
+
 def interacting_pairs(drug_names: Iterable[str]) -> list[tuple[str, str, Interaction]]:
     """Every interacting pair among a set of drugs (each pair once, with its most severe interaction)."""
     out = []

@@ -28,7 +28,7 @@ from cds_service.drugs.rules import duplicate_groups
 from cds_service.drugs.vocabulary import normalize_name
 from cds_service.fhir.elements import code_token
 from cds_service.fhir.medications import medication_concept, medication_index, medication_reference_display
-from cds_service.safety.interactions import Interaction, ingredients_of, interactions_between
+from cds_service.safety.interactions import Interaction, blocking_interaction, ingredients_of, interactions_between
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,10 @@ def check_duplicates(drafts: list[Drug], active: list[Drug]) -> list[DuplicateFi
 
 
 def conflicts(name: str, others: list[str]) -> bool:
-    """Whether a drug interacts with, or is duplicate therapy with, any of `others` (by name)."""
+    """Whether a drug interacts at major severity or worse with, or is duplicate therapy with, any of
+    `others` (by name): what keeps it out of a recommendation."""
     me = Drug("candidate", name, None)
     return any(
-        interactions_between(name, other) or _duplicate_basis(me, Drug("other", other, None)) for other in others
+        blocking_interaction(name, other) is not None or _duplicate_basis(me, Drug("other", other, None))
+        for other in others
     )
