@@ -176,10 +176,6 @@ def names_both(card: Card, a: str, b: str) -> bool:
 # --- the cases -------------------------------------------------------------------------------------------
 
 # Why a case fails today (the service's behaviour, not the guide's), for `xfail(strict=True)`.
-NO_DRAFT_ID = (
-    "order-sign drafts without an `id` (the guide's order-sign draftOrders have none) are dropped by "
-    "safety.orders.drug_of, so the draft is never checked and no card says so"
-)
 NOT_REQUEST = (
     "active medications are read from MedicationRequest only (safety.orders.active_drugs); the other drug is "
     "a {kind} in the record, so the interaction is missed"
@@ -193,16 +189,16 @@ CASES: dict[str, tuple[tuple[str, str] | None, str | None]] = {
     # file: ((drug a, drug b) the interaction card must name, or None for the guide's negative), xfail reason
     "warfarin-nsaids-order-select-no-coordination.json": (("warfarin", "ketorolac"), None),
     "warfarin-nsaids-order-select-coordination.json": (("warfarin", "ketorolac"), None),
-    "warfarin-nsaids-order-sign-no-coordination.json": (("warfarin", "ketorolac"), NO_DRAFT_ID),
-    "warfarin-nsaids-order-sign-coordination.json": (("warfarin", "ketorolac"), NO_DRAFT_ID),
+    "warfarin-nsaids-order-sign-no-coordination.json": (("warfarin", "ketorolac"), None),
+    "warfarin-nsaids-order-sign-coordination.json": (("warfarin", "ketorolac"), None),
     "digoxin-cyclosporine-order-select-no-coordination.json": (("digoxin", "cyclosporine"), None),
     "digoxin-cyclosporine-order-select-coordination.json": (("digoxin", "cyclosporine"), None),
-    "digoxin-cyclosporine-order-sign-no-coordination.json": (("digoxin", "cyclosporine"), NO_DRAFT_ID),
-    "digoxin-cyclosporine-order-sign-coordination.json": (("digoxin", "cyclosporine"), NO_DRAFT_ID),
+    "digoxin-cyclosporine-order-sign-no-coordination.json": (("digoxin", "cyclosporine"), None),
+    "digoxin-cyclosporine-order-sign-coordination.json": (("digoxin", "cyclosporine"), None),
     "multi-update-draft-orders-1.json": (("warfarin", "ketorolac"), None),
     "multi-update-draft-orders-2.json": (("digoxin", "cyclosporine"), None),
-    "multi-update-draft-orders-3.json": (("warfarin", "ketorolac"), NO_DRAFT_ID),
-    "multi-update-draft-orders-4.json": (("digoxin", "cyclosporine"), NO_DRAFT_ID),
+    "multi-update-draft-orders-3.json": (("warfarin", "ketorolac"), None),
+    "multi-update-draft-orders-4.json": (("digoxin", "cyclosporine"), None),
     "request-warfarin-nsaid-scenario-01.json": (None, TOPICAL),
     "request-warfarin-nsaid-scenario-02.json": (("warfarin", "ibuprofen"), None),
     "request-warfarin-nsaid-scenario-03.json": (

@@ -33,6 +33,7 @@ from cds_service.safety.interactions import Interaction, blocking_interaction, i
 log = logging.getLogger(__name__)
 
 ACTIVE_MED_STATUSES = {"active", "on-hold"}
+MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationDispense", "MedicationAdministration")
 INVALID_ALLERGY = {"refuted", "entered-in-error"}
 GENERIC_WORDS = {
     "allergy",
@@ -117,13 +118,24 @@ def _concept_name(concept: Any) -> tuple[str, str | None]:
     return name, coded[0] if coded else None
 
 
-def drug_of(resource: dict[str, Any], medications: dict[str, dict[str, Any]]) -> Drug | None:
-    """The drug a MedicationRequest orders (inline concept, or a referenced/contained Medication)."""
-    if resource.get("resourceType") != "MedicationRequest" or not resource.get("id"):
+def drug_of(
+    resource: dict[str, Any], medications: dict[str, dict[str, Any]], fallback_id: str | None = None
+) -> Drug | None:
+    """The drug a medication resource names (inline concept, or a referenced/contained Medication).
+
+    `fallback_id` stands in for a missing `id`: draft orders are often sent without one (the HL7 PDDI CDS
+    guide's order-sign requests are), and a draft we cannot name must still be checked."""
+    kind = resource.get("resourceType")
+    ident = resource.get("id")
+    if kind not in MEDICATION_TYPES:
         return None
+    if not isinstance(ident, str | int) or ident == "":
+        if fallback_id is None:
+            return None
+        ident = fallback_id
     name, token = _concept_name(medication_concept(resource, medications))
     name = name or medication_reference_display(resource)
-    return Drug(f"MedicationRequest/{resource['id']}", name, token) if name else None
+    return Drug(f"{kind}/{ident}", name, token) if name else None
 
 
 def active_drugs(resources: list[dict[str, Any]], exclude: set[str]) -> list[Drug]:

@@ -73,7 +73,7 @@ def draft_drugs(context: OrderSignContext, resources: list[Resource]) -> tuple[l
     draft_resources = entries(context.draftOrders)
     # A draft may name its drug by reference to a Medication in the drafts or in the record.
     medications = {str(r.get("id")): r for r in draft_resources + resources if r.get("resourceType") == "Medication"}
-    drafts = [d for r in draft_resources if (d := drug_of(r, medications)) is not None]
+    drafts = [d for i, r in enumerate(draft_resources) if (d := drug_of(r, medications, f"draft-{i + 1}")) is not None]
     if isinstance(context, OrderSelectContext):
         selected = set(context.selections)
         return drafts, [d for d in drafts if d.reference in selected]
