@@ -92,3 +92,28 @@ def test_a_drug_we_cannot_identify_is_reported_as_not_checked() -> None:
     card = next(c for c in got.cards if "Not checked" in c.summary)
     assert card.indicator == "warning" and "not checked" in card.detail
     assert "drug-interaction" in topics(got.cards)  # the "not checked" card, under the interaction topic
+
+
+def test_active_drugs_include_statements_and_recent_dispenses_and_administrations() -> None:
+    from cds_service.safety.orders import active_drugs
+
+    def res(kind: str, rid: str, status: str, **extra: Any) -> dict[str, Any]:
+        return {"resourceType": kind, "id": rid, "status": status,
+                "medicationCodeableConcept": {"text": f"Drug{rid} 5 MG Oral Tablet"}, **extra}  # fmt: skip
+
+    record = [
+        res("MedicationStatement", "s1", "active"),
+        res("MedicationStatement", "s2", "completed"),
+        res("MedicationDispense", "d1", "completed", whenHandedOver="2018-06-01"),
+        res("MedicationDispense", "d2", "completed", whenHandedOver="2017-06-01"),  # a year before the newest
+        res("MedicationAdministration", "a1", "completed", effectiveDateTime="2018-05-20T10:00:00Z"),
+        res("MedicationDispense", "d3", "cancelled", whenHandedOver="2018-06-01"),
+        res("MedicationDispense", "d4", "completed"),  # undated: counts
+    ]
+    refs = {d.reference for d in active_drugs(record, set())}
+    assert refs == {
+        "MedicationStatement/s1",
+        "MedicationDispense/d1",
+        "MedicationAdministration/a1",
+        "MedicationDispense/d4",
+    }

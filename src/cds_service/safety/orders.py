@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cds_service.drugs.allergies import AllergyClass, allergy_classes, class_of_allergy
 from cds_service.drugs.knowledge import load_knowledge
 from cds_service.drugs.rules import duplicate_groups
 from cds_service.drugs.vocabulary import normalize_name
-from cds_service.fhir.elements import code_token
+from cds_service.fhir.elements import code_token, first_datetime
 from cds_service.fhir.medications import medication_concept, medication_index, medication_reference_display
 from cds_service.safety.interactions import Interaction, blocking_interaction, ingredients_of, interactions_between
 
@@ -138,15 +139,47 @@ def drug_of(
     return Drug(f"{kind}/{ident}", name, token) if name else None
 
 
+# What counts as a drug the patient is on: an active order or statement, or a dispense or administration
+# recent enough to still act. "Recent" is measured against the record's own latest medication date, not
+# the wall clock: a record (or a sandbox's test patient) may be years old, and its newest events are its
+# present. A dispense or administration without a date counts (a missed interaction is the worse error).
+ACTIVE_STATUSES = {
+    "MedicationRequest": ACTIVE_MED_STATUSES,
+    "MedicationStatement": {"active", "intended", "on-hold"},
+    "MedicationDispense": {"preparation", "in-progress", "completed"},
+    "MedicationAdministration": {"in-progress", "completed"},
+}
+RECENT_DAYS = 120  # dispenses and administrations: a 90-day supply plus a margin
+EVENT_DATES = {
+    "MedicationDispense": ("whenHandedOver", "whenPrepared"),
+    "MedicationAdministration": ("effectiveDateTime", "effectivePeriod.end", "effectivePeriod.start"),
+}
+
+
+def _event_date(resource: dict[str, Any]) -> datetime | None:
+    paths = EVENT_DATES.get(str(resource.get("resourceType")))
+    return first_datetime(resource, *paths) if paths else None
+
+
 def active_drugs(resources: list[dict[str, Any]], exclude: set[str]) -> list[Drug]:
+    """The drugs the patient is on: active MedicationRequests and MedicationStatements, and recent
+    MedicationDispenses and MedicationAdministrations (see `RECENT_DAYS`)."""
     medications = medication_index(resources)
+    candidates = [
+        r
+        for r in resources
+        if isinstance(r.get("status"), str) and r["status"] in ACTIVE_STATUSES.get(str(r.get("resourceType")), ())
+    ]
+    dated = [d for r in candidates if (d := _event_date(r)) is not None]
+    newest = max(dated, default=None)
     out = []
-    for r in resources:
-        status = r.get("status")
-        if r.get("resourceType") == "MedicationRequest" and isinstance(status, str) and status in ACTIVE_MED_STATUSES:
-            drug = drug_of(r, medications)
-            if drug is not None and drug.reference not in exclude:
-                out.append(drug)
+    for r in candidates:
+        when = _event_date(r)
+        if newest is not None and when is not None and (newest - when).days > RECENT_DAYS:
+            continue
+        drug = drug_of(r, medications)
+        if drug is not None and drug.reference not in exclude:
+            out.append(drug)
     return out
 
 
