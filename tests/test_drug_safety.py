@@ -117,3 +117,20 @@ def test_active_drugs_include_statements_and_recent_dispenses_and_administration
         "MedicationAdministration/a1",
         "MedicationDispense/d4",
     }
+
+
+def test_a_locally_applied_drug_informs_and_never_blocks() -> None:
+    from cds_service.safety.interactions import blocking_interaction, interactions_between
+
+    topical = "Diclofenac Sodium 0.01 MG/MG Topical Gel [Voltaren]"
+    found = interactions_between(topical, "Warfarin Sodium 5 MG Oral Tablet")
+    assert found and all(i.local for i in found)
+    assert blocking_interaction(topical, "Warfarin Sodium 5 MG Oral Tablet") is None
+    oral = interactions_between("Diclofenac Sodium 75 MG Delayed Release Oral Tablet", "Warfarin Sodium 5 MG")
+    assert oral and not oral[0].local
+    # nasal is not local: nasal fluticasone with ritonavir is a systemic (CYP3A4) interaction
+    nasal = interactions_between("Fluticasone propionate 0.05 MG/ACTUAT Nasal Spray", "Ritonavir 100 MG Oral Tablet")
+    assert nasal and not nasal[0].local
+    got = answer(order_sign([med("m-w", "Warfarin Sodium 5 MG Oral Tablet")], med("d-gel", topical, "draft")))
+    card = next(c for c in got.cards if c.source.topic and c.source.topic.code == "drug-interaction")
+    assert card.indicator == "info" and "Applied locally" in card.detail

@@ -175,12 +175,6 @@ def names_both(card: Card, a: str, b: str) -> bool:
 
 # --- the cases -------------------------------------------------------------------------------------------
 
-# Why a case fails today (the service's behaviour, not the guide's), for `xfail(strict=True)`.
-TOPICAL = (
-    "rule pddi-warfarin-nsaid matches class:nsaid whatever the route; the guide's decision table says "
-    "topical diclofenac + warfarin needs no special precautions"
-)
-
 CASES: dict[str, tuple[tuple[str, str] | None, str | None]] = {
     # file: ((drug a, drug b) the interaction card must name, or None for the guide's negative), xfail reason
     "warfarin-nsaids-order-select-no-coordination.json": (("warfarin", "ketorolac"), None),
@@ -195,7 +189,7 @@ CASES: dict[str, tuple[tuple[str, str] | None, str | None]] = {
     "multi-update-draft-orders-2.json": (("digoxin", "cyclosporine"), None),
     "multi-update-draft-orders-3.json": (("warfarin", "ketorolac"), None),
     "multi-update-draft-orders-4.json": (("digoxin", "cyclosporine"), None),
-    "request-warfarin-nsaid-scenario-01.json": (None, TOPICAL),
+    "request-warfarin-nsaid-scenario-01.json": (None, None),
     "request-warfarin-nsaid-scenario-02.json": (("warfarin", "ibuprofen"), None),
     "request-warfarin-nsaid-scenario-03.json": (
         ("warfarin", "ibuprofen"),

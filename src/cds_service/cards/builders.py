@@ -114,13 +114,18 @@ def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card
             f"- Severity: **{i.severity}** ({md(i.ingredient_a)} + {md(i.ingredient_b)})",
             f"- Mechanism: {md(i.mechanism)}",
             *([f"- Management: {md(i.advice)}"] if i.advice else []),
+            *(
+                ["- Applied locally (skin, eye or ear): systemic exposure is small, so this is for information."]
+                if i.local
+                else []
+            ),
             f"- Source: {md(i.source)}",
         ]
     )
     return Card(
         summary=summary(f"{i.severity.capitalize()} interaction: {f.draft.name} with {f.other.name}"),
         detail=detail,
-        indicator="critical" if i.severity == "contraindicated" else "warning",
+        indicator="info" if i.local else "critical" if i.severity == "contraindicated" else "warning",
         source=source("drug-interaction", None, card_url),
         suggestions=[_remove(f.draft.reference, f.draft.name)],
         selectionBehavior="at-most-one",

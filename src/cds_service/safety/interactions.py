@@ -31,6 +31,13 @@ class Interaction:
     source: str  # the rule's citation
     advice: str = ""
     rule_id: str = ""
+    local: bool = False  # one of the two is applied locally (skin, eye, ear): little systemic exposure
+
+
+# Routes whose products reach the blood in amounts too small for the systemic mechanisms the rules describe
+# (the HL7 PDDI CDS guide: topical diclofenac with warfarin needs no special precautions). Nasal and inhaled
+# products are not local here: inhaled or nasal fluticasone with ritonavir causes Cushing's syndrome.
+LOCAL_ROUTES = frozenset({"topical", "ophthalmic", "otic"})
 
 
 def resolution(drug_name: str, rxcui: str | None = None) -> Resolution:
@@ -53,6 +60,7 @@ def interactions_between(
     """Every rule two drugs match, most severe first (one entry per rule)."""
     knowledge = load_knowledge()
     a, b = resolution(drug_a, rxcui_a), resolution(drug_b, rxcui_b)
+    local = any(r.routes and set(r.routes) <= LOCAL_ROUTES for r in (a, b))
     found: dict[str, Interaction] = {}
     for match in matches_between(a.ingredients, b.ingredients, knowledge.classes_of, knowledge.rules):
         rule = match.rule
@@ -66,6 +74,7 @@ def interactions_between(
                 rule.citation,
                 rule.advice,
                 rule.id,
+                local,
             ),
         )
     return sorted(found.values(), key=lambda i: (-SEVERITIES.index(i.severity), i.rule_id))
@@ -80,7 +89,7 @@ BLOCKING_SEVERITIES = frozenset({"major", "contraindicated"})
 def blocking_interaction(drug_a: str, drug_b: str) -> Interaction | None:
     """The most severe interaction of the two drugs if it is major or worse, else None."""
     found = interactions_between(drug_a, drug_b)
-    return found[0] if found and found[0].severity in BLOCKING_SEVERITIES else None
+    return found[0] if found and found[0].severity in BLOCKING_SEVERITIES and not found[0].local else None
 
 
 def interacting_pairs(drug_names: Iterable[str]) -> list[tuple[str, str, Interaction]]:
