@@ -134,3 +134,32 @@ def test_a_locally_applied_drug_informs_and_never_blocks() -> None:
     got = answer(order_sign([med("m-w", "Warfarin Sodium 5 MG Oral Tablet")], med("d-gel", topical, "draft")))
     card = next(c for c in got.cards if c.source.topic and c.source.topic.code == "drug-interaction")
     assert card.indicator == "info" and "Applied locally" in card.detail
+
+
+def test_every_onc_high_priority_rule_fires_from_ehr_style_displays() -> None:
+    """For each rule citing the ONC high-priority list (Phansalkar 2012), a member of each side, written as
+    an EHR writes a product, is resolved and warned about at the rule's severity or above."""
+    from cds_service.drugs.knowledge import load_knowledge
+    from cds_service.drugs.rules import SEVERITIES, is_class_side
+    from cds_service.safety.interactions import interactions_between
+
+    knowledge = load_knowledge()
+
+    def member(side: str, other_than: str = "") -> str:
+        if not is_class_side(side):
+            return side
+        members = [m for m in sorted(knowledge.vocabulary.members(side.removeprefix("class:"))) if m != other_than]
+        assert members, side
+        return members[0]
+
+    checked = 0
+    for rule in knowledge.rules:
+        if "Phansalkar" not in rule.citation:
+            continue
+        a = member(rule.side_a)
+        b = member(rule.side_b, other_than=a)
+        found = interactions_between(f"{a.title()} 10 MG Oral Tablet", f"{b.title()} 20 MG Oral Capsule")
+        assert found, (rule.id, a, b)
+        assert SEVERITIES.index(found[0].severity) >= SEVERITIES.index(rule.severity), (rule.id, found[0])
+        checked += 1
+    assert checked >= 15
