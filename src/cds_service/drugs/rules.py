@@ -2,7 +2,7 @@
 
 What: `data/interaction_rules.csv` holds one rule a row. Each side of a rule is an ingredient id ("simvastatin")
 or a class: a therapeutic class or a pharmacology tag ("class:cyp3a4_strong_inhibitor") from the shared list of
-class ids (`KNOWN_CLASS_IDS`, after CLASSES.md of the drug vocabulary). `interactions_between` finds every rule
+class ids (`KNOWN_CLASS_IDS`, read from the vocabulary's `classes.csv`). `interactions_between` finds every rule
 that two drugs (each a set of ingredient ids) match, given a `classes_of(ingredient)` function; this module knows
 nothing else of the vocabulary, so the vocabulary and its resolver can change without touching the rules.
 
@@ -47,38 +47,15 @@ COLUMNS = ("id", "side_a", "side_b", "severity", "mechanism", "advice", "citatio
 DUPLICATE_COLUMNS = ("id", "classes", "citation")
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
+def _class_ids(kind: str | None = None) -> frozenset[str]:
+    """Class ids of the vocabulary's `classes.csv` (the one list of them), optionally of one kind."""
+    text = resources.files("cds_service.drugs").joinpath("data/classes.csv").read_text(encoding="utf-8")
+    return frozenset(row["id"] for row in csv.DictReader(text.splitlines()) if kind in (None, row["kind"]))
 
 
-# The fixed class and tag ids shared with the drug vocabulary (CLASSES.md), copied so that the rules do not
-# depend on the vocabulary's internals; `vocabulary_problems` catches a drift between the two.
-THERAPEUTIC_CLASSES = _words(
-    """
-    statin ace_inhibitor arb beta_blocker non_dhp_ccb dhp_ccb ssri snri tca maoi nsaid cox2_inhibitor opioid
-    benzodiazepine z_drug vitamin_k_antagonist doac heparin p2y12_inhibitor antiplatelet salicylate ppi h2_blocker
-    nitrate pde5_inhibitor potassium_sparing_diuretic aldosterone_antagonist thiazide loop_diuretic thiopurine
-    xanthine_oxidase_inhibitor macrolide fluoroquinolone azole_antifungal hiv_protease_inhibitor
-    pharmacokinetic_enhancer triptan ergot antipsychotic class_iii_antiarrhythmic class_ic_antiarrhythmic
-    cardiac_glycoside systemic_corticosteroid calcineurin_inhibitor mtor_inhibitor penicillin cephalosporin
-    carbapenem sulfonamide_antibiotic tetracycline aminoglycoside oxazolidinone rifamycin insulin sulfonylurea
-    biguanide dpp4_inhibitor sglt2_inhibitor glp1_agonist thyroid_hormone potassium_supplement anticonvulsant
-    muscle_relaxant alpha_blocker antihistamine bisphosphonate methotrexate_class lithium_class colchicine_class
-    5ht3_antagonist antiemetic_dopamine stimulant smoking_cessation urinary_antispasmodic cholinesterase_inhibitor
-    """
-)
-PHARMACOLOGY_TAGS = _words(
-    """
-    cyp3a4_strong_inhibitor cyp3a4_moderate_inhibitor cyp3a4_strong_inducer cyp3a4_moderate_inducer
-    cyp3a4_sensitive_substrate cyp2c9_strong_inhibitor cyp2c9_moderate_inhibitor cyp2c9_inducer
-    cyp2c9_sensitive_substrate cyp2c19_strong_inhibitor cyp2c19_moderate_inhibitor cyp2c19_inducer
-    cyp2c19_sensitive_substrate cyp2d6_strong_inhibitor cyp2d6_moderate_inhibitor cyp2d6_sensitive_substrate
-    cyp1a2_strong_inhibitor cyp1a2_moderate_inhibitor cyp1a2_inducer cyp1a2_sensitive_substrate pgp_inhibitor
-    pgp_inducer pgp_substrate_narrow qt_known_risk serotonergic cns_depressant potassium_raising bleeding_risk
-    nephrotoxic hypoglycemia_risk bradycardic hypotensive
-    """
-)
-KNOWN_CLASS_IDS = THERAPEUTIC_CLASSES | PHARMACOLOGY_TAGS
+# Rule sides are checked against the vocabulary's own class list, read from its file (not copied here).
+THERAPEUTIC_CLASSES = _class_ids("therapeutic")
+KNOWN_CLASS_IDS = _class_ids()
 
 # Contextual factors a rule may name; a later step evaluates them against the record (direction in the text).
 CONTEXT_FACTORS: Mapping[str, str] = MappingProxyType(
