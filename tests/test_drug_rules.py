@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cds_service.drugs.context import load_context_factors
 from cds_service.drugs.rules import (
-    CONTEXT_FACTORS,
     KNOWN_CLASS_IDS,
     SEVERITIES,
     Rule,
@@ -100,7 +100,7 @@ def test_every_rule_is_cited_and_well_formed() -> None:
     for rule in rules:
         assert rule.citation and rule.mechanism and rule.advice, rule.id
         assert rule.severity in SEVERITIES
-        assert set(rule.context) <= set(CONTEXT_FACTORS)
+        assert set(rule.context) <= set(load_context_factors())
         for side in (rule.side_a, rule.side_b):
             assert not is_class_side(side) or side.removeprefix("class:") in KNOWN_CLASS_IDS
     assert len({rule.id for rule in rules}) == len(rules)
@@ -252,7 +252,7 @@ GOOD = "ok,warfarin,class:nsaid,major,m,a,c,"
         ("ok,aspirin,class:ppi,major,m,a,c,", "duplicate id"),
         ("bad,warfarin,warfarin,major,m,a,c,", "itself"),
         ("bad,class:nsaid,warfarin,major,m,a,c,", "same sides as rule ok"),
-        ("bad,aspirin,class:ppi,major,m,a,c,age_over_9000", "unknown context factor"),
+        ("bad,aspirin,class:ppi,major,m,a,c,Age Over 65", "context factors are snake_case"),
         ("bad,aspirin,class:ppi,major,m,a,c", "expected 8 fields"),
     ],
 )
@@ -313,3 +313,9 @@ def test_the_shipped_knowledge_is_consistent_and_a_gap_is_an_error() -> None:
     broken = RuleSet([*knowledge.rules, _replace(first, id="typo-rule", side_a="simvastatine")])
     problems = knowledge_problems(knowledge.vocabulary, broken, knowledge.duplicate_groups)
     assert problems == ["typo-rule: ingredient 'simvastatine' is not in the vocabulary"]
+    # a rule naming a context factor that no row of context_factors.csv defines is reported too
+    undefined = RuleSet(
+        [*knowledge.rules, _replace(first, id="factor-typo", side_a="aspirin", context=("age_over_9000",))]
+    )
+    problems = knowledge_problems(knowledge.vocabulary, undefined, knowledge.duplicate_groups)
+    assert problems == ["factor-typo: context factor 'age_over_9000' is not defined"]

@@ -245,6 +245,42 @@ def test_the_guides_request_gets_the_guides_answer(name: str, pair: tuple[str, s
     assert all(a in c.summary.lower() and b in c.summary.lower() for c in hits)
 
 
+# The guide's warfarin + NSAID scenarios walk its decision tree (use-cases.md, "Warfarin + NSAIDs Logic Table"):
+# each must end at the tree's recommended action, with the factor that put it there named on the card.
+TIERS = {
+    "request-warfarin-nsaid-scenario-02.json": ("Assess risk and take action if necessary", "Lowers the risk"),
+    "request-warfarin-nsaid-scenario-03.json": ("Use only if benefit outweighs risk", "aged "),
+    "request-warfarin-nsaid-scenario-04.json": ("Use only if benefit outweighs risk", "gastric ulcer"),
+    "request-warfarin-nsaid-scenario-05.json": ("Use only if benefit outweighs risk", "aldosterone antagonist"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIERS))
+def test_the_warfarin_nsaid_card_ends_where_the_guides_tree_ends(name: str) -> None:
+    service_id, payload = adapt(json.loads((REQUESTS / name).read_text(encoding="utf-8")))
+    cards = [c for c in interaction_cards(answer(service_id, payload).cards) if names_both(c, "warfarin", "ibuprofen")]
+    action, factor = TIERS[name]
+    assert cards and all(f"**{action}.**" in (c.detail or "") for c in cards), [c.detail for c in cards]
+    assert all(factor in (c.detail or "") for c in cards)
+    other = {"Assess risk and take action if necessary", "Use only if benefit outweighs risk"} - {action}
+    assert not any(f"**{o}.**" in (c.detail or "") for c in cards for o in other)
+
+
+def test_the_digoxin_cyclosporine_card_shows_the_values_to_review() -> None:
+    """Scenario 01 records a digoxin level: the card shows it (with its date); scenario 03 records an eGFR,
+    no potassium: the card says no potassium is in the record."""
+    first = answer(*adapt(json.loads((REQUESTS / "request-digoxin-cyclosporine-scenario-01.json").read_text())))
+    detail = " ".join(
+        c.detail or "" for c in interaction_cards(first.cards) if names_both(c, "digoxin", "cyclosporine")
+    )
+    assert "To review, most recent serum digoxin level: digoxin" in detail, detail
+    third = answer(*adapt(json.loads((REQUESTS / "request-digoxin-cyclosporine-scenario-03.json").read_text())))
+    detail = " ".join(
+        c.detail or "" for c in interaction_cards(third.cards) if names_both(c, "digoxin", "cyclosporine")
+    )
+    assert "To review, most recent serum potassium: none in the record" in detail, detail
+
+
 def test_the_adapter_keeps_what_the_guide_wrote() -> None:
     raw = json.loads((REQUESTS / "multi-update-draft-orders-2.json").read_text(encoding="utf-8"))
     service_id, payload = adapt(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cds_service.cards.drafts import proposed_medication_request, provisional_condition
@@ -9,6 +10,7 @@ from cds_service.cards.render import finding_detail, md, override_reasons, sourc
 from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
 from cds_service.hooks.wire import Action, Card, Suggestion
 from cds_service.ml.contract import Finding
+from cds_service.safety.context import FactorFinding, recommended_action
 from cds_service.safety.orders import AllergyFinding, Drug, DuplicateFinding, InteractionFinding
 
 EVIDENCE_EXTENSION = "https://cds-service.dev/cds-hooks/evidence"
@@ -104,7 +106,24 @@ def _remove(draft_ref: str, name: str) -> Suggestion:
     )
 
 
-def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card:
+def context_lines(factors: Sequence[FactorFinding]) -> list[str]:
+    """What the record says about the rule's contextual factors: those present with their evidence, the
+    values to review (or that none is recorded), and the HL7 PDDI CDS tier they lead to."""
+    lines = []
+    for f in factors:
+        if f.effect == "review":
+            lines.append(f"- To review, {md(f.label)}: {md(f.evidence) if f.present else 'none in the record'}")
+        elif f.present:
+            verb = "Raises the risk" if f.effect == "raises" else "Lowers the risk"
+            lines.append(f"- {verb}: {md(f.label)} ({md(f.evidence)})")
+    action = recommended_action(factors)
+    if action:
+        lines.append(f"- Recommended action for this patient: **{action}**")
+    return lines
+
+
+def interaction_card(f: InteractionFinding, card_url: str | None = None, factors: Sequence[FactorFinding] = ()) -> Card:
+    """`factors`: the rule's contextual factors as read from this record (`safety.context`)."""
     i = f.interaction
     where = "another draft order" if f.other_is_draft else "an active medication"
     detail = "\n".join(
@@ -119,6 +138,7 @@ def interaction_card(f: InteractionFinding, card_url: str | None = None) -> Card
                 if i.local
                 else []
             ),
+            *([] if i.local else context_lines(factors)),
             f"- Source: {md(i.source)}",
         ]
     )

@@ -22,10 +22,10 @@ contraindicated, makes serotonergic + serotonergic, moderate, redundant for a se
 unrelated classes (pimozide with clarithromycin: CYP3A4 and QT) are all kept. An ingredient never interacts with itself:
 two products of one ingredient are duplicate therapy, which `duplicate_groups` and the caller handle.
 
-`context` lists contextual factors (`CONTEXT_FACTORS`) that a later step evaluates against the patient record,
-e.g. the HL7 PDDI warfarin + NSAID exemplar's age >= 65, gastroprotection, corticosteroid, aldosterone antagonist
-and GI-bleeding history. Loading checks the schema and names the offending row; `vocabulary_problems` checks the
-ingredient and class ids against a vocabulary, so that it can be wired once the vocabulary exists.
+`context` names contextual factors (defined in `drugs.context`, checked against it by `drugs.knowledge`) that
+`safety.context` evaluates against the patient record, e.g. the HL7 PDDI warfarin + NSAID exemplar's age >= 65,
+gastroprotection, corticosteroid, aldosterone antagonist and GI-bleeding history. Loading checks the schema and
+names the offending row; `vocabulary_problems` checks the ingredient and class ids against a vocabulary.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 
 SEVERITIES = ("moderate", "major", "contraindicated")  # ascending
+FACTOR_NAME = re.compile(r"[a-z][a-z0-9_]*")
 CLASS_PREFIX = "class:"
 COLUMNS = ("id", "side_a", "side_b", "severity", "mechanism", "advice", "citation", "context")
 DUPLICATE_COLUMNS = ("id", "classes", "citation")
@@ -58,24 +58,6 @@ THERAPEUTIC_CLASSES = _class_ids("therapeutic")
 KNOWN_CLASS_IDS = _class_ids()
 
 # Contextual factors a rule may name; a later step evaluates them against the record (direction in the text).
-CONTEXT_FACTORS: Mapping[str, str] = MappingProxyType(
-    {
-        "age_65_or_older": "raises risk: patient aged 65 or older",
-        "history_gi_bleed": "raises risk: history of upper gastrointestinal bleeding or peptic ulcer",
-        "systemic_corticosteroid": "raises risk: a systemic corticosteroid is also taken",
-        "aldosterone_antagonist": "raises risk: an aldosterone antagonist is also taken",
-        "ppi_or_misoprostol": "lowers risk: a proton pump inhibitor or misoprostol is also taken",
-        "loop_diuretic": "raises risk: a loop diuretic is also taken (hypokalemia)",
-        "potassium_supplement": "raises severity: a potassium supplement is also taken",
-        "renal_impairment": "raises severity: reduced renal function (CrCl or eGFR below the label's threshold)",
-        "hepatic_impairment": "raises severity: hepatic impairment",
-        "diabetes": "raises severity: diabetes mellitus",
-        "digoxin_level": "to review: the most recent serum digoxin level",
-        "serum_potassium": "to review: the most recent serum potassium",
-        "serum_magnesium": "to review: the most recent serum magnesium",
-        "serum_calcium": "to review: the most recent serum calcium",
-    }
-)
 
 # Lowercase INN/USAN words joined by single spaces or hyphens ("warfarin", "insulin glargine", "methylene blue").
 INGREDIENT_ID = re.compile(r"[a-z0-9]+(?:[ -][a-z0-9]+)*")
@@ -216,9 +198,8 @@ def parse_rules(text: str, source: str = "interaction_rules.csv") -> RuleSet:
             if not row[column]:
                 raise RuleSchemaError(f"{where}: empty {column}")
         context = tuple(factor.strip() for factor in row["context"].split("|")) if row["context"] else ()
-        unknown = [factor for factor in context if factor not in CONTEXT_FACTORS]
-        if unknown:
-            raise RuleSchemaError(f"{where}: unknown context factor(s) {unknown}")
+        if not all(FACTOR_NAME.fullmatch(factor) for factor in context):
+            raise RuleSchemaError(f"{where}: context factors are snake_case names joined by |")
         rules.append(
             Rule(
                 id=row["id"],

@@ -32,6 +32,7 @@ class Interaction:
     advice: str = ""
     rule_id: str = ""
     local: bool = False  # one of the two is applied locally (skin, eye, ear): little systemic exposure
+    context: tuple[str, ...] = ()  # the rule's contextual factors (`drugs.context`), for `safety.context`
 
 
 # Routes whose products reach the blood in amounts too small for the systemic mechanisms the rules describe
@@ -75,6 +76,7 @@ def interactions_between(
                 rule.advice,
                 rule.id,
                 local,
+                rule.context,
             ),
         )
     return sorted(found.values(), key=lambda i: (-SEVERITIES.index(i.severity), i.rule_id))

@@ -33,6 +33,7 @@ from cds_service.fhir.elements import Resource, condition_tokens
 from cds_service.hooks.prefetch import PatientData
 from cds_service.hooks.wire import Card, OrderSelectContext, OrderSignContext, PatientContext
 from cds_service.ml.contract import Finding, ScoringJob
+from cds_service.safety.context import RecordContext
 from cds_service.safety.orders import (
     Drug,
     active_drugs,
@@ -101,11 +102,18 @@ def safety_checks(focus: list[Drug], drafts: list[Drug], resources: list[Resourc
     def interactions() -> tuple[list[Card], int]:
         seen: set[frozenset[str]] = set()
         cards = []
-        for f in check_interactions(focus, active_drugs(resources, exclude=others), drafts):
+        active = active_drugs(resources, exclude=others)
+        record = RecordContext(resources, active + drafts)
+        for f in check_interactions(focus, active, drafts):
             pair = frozenset((f.draft.reference, f.other.reference))
             if pair not in seen:  # two selected drafts that interact would otherwise be warned about twice
                 seen.add(pair)
-                cards.append(interaction_card(f, url))
+                try:
+                    factors = record.factors_of(f.interaction.context, exclude=pair)
+                except Exception as exc:  # a factor we cannot read costs its lines, never the warning
+                    log.warning("context factors unreadable (%s); warning without them", type(exc).__name__)
+                    factors = ()
+                cards.append(interaction_card(f, url, factors))
         return cards, 0
 
     def allergies() -> tuple[list[Card], int]:
