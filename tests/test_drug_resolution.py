@@ -35,6 +35,7 @@ THERAPEUTIC = _ids(
     biguanide dpp4_inhibitor sglt2_inhibitor glp1_agonist thyroid_hormone potassium_supplement anticonvulsant
     muscle_relaxant alpha_blocker antihistamine bisphosphonate methotrexate_class lithium_class colchicine_class
     5ht3_antagonist antiemetic_dopamine stimulant smoking_cessation urinary_antispasmodic cholinesterase_inhibitor
+    hormonal_contraceptive alpha2_agonist integrase_inhibitor vmat2_inhibitor valproate
     """
 )
 PHARMACOLOGY = _ids(
@@ -45,7 +46,7 @@ PHARMACOLOGY = _ids(
     cyp2c19_sensitive_substrate cyp2d6_strong_inhibitor cyp2d6_moderate_inhibitor cyp2d6_sensitive_substrate
     cyp1a2_strong_inhibitor cyp1a2_moderate_inhibitor cyp1a2_inducer cyp1a2_sensitive_substrate pgp_inhibitor
     pgp_inducer pgp_substrate_narrow qt_known_risk serotonergic cns_depressant potassium_raising bleeding_risk
-    nephrotoxic hypoglycemia_risk bradycardic hypotensive
+    nephrotoxic hypoglycemia_risk bradycardic hypotensive polyvalent_cation oct2_mate_inhibitor qt_conditional_risk
     """
 )
 
@@ -250,6 +251,7 @@ def test_routes_and_remainder() -> None:
         ("atorvastatine", "atorvastatin"),
         ("Gabapentine", "gabapentin"),
         ("Omeprazol 20 MG", "omeprazole"),
+        ("Amlodapine 5 MG", "amlodipine"),  # the nearest wins: amoxapine is two edits away, amlodipine one
     ],
 )
 def test_misspellings_match(typo: str, ingredient: str) -> None:

@@ -244,23 +244,25 @@ def _edit_bound(length: int) -> int:
 
 
 def _fuzzy(word: str, vocabulary: Vocabulary) -> str | None:
-    """The one ingredient whose single-word name or synonym (same first letter) is within the edit bound, else None."""
+    """The ingredient whose single-word name or synonym (same first letter) is nearest within the edit bound, if
+    it is the only one at that distance ("amlodapine": amlodipine at 1 edit, not amoxapine at 2), else None."""
     n = len(word)
     if n < 6 or n > _MAX_FUZZY_LENGTH or not word.isalpha() or word in vocabulary.known_words:
         return None
     reach = _edit_bound(n)
-    candidates: set[str] = set()
+    within: list[tuple[str, str, int]] = []  # (known word, ingredient, its own bound)
     for length in range(n - reach, n + reach + 1):
         for known, ingredient in vocabulary.fuzzy_words(length):
-            if (
-                known[0] == word[0]
-                and ingredient not in candidates
-                and _within(word, known, min(reach, _edit_bound(len(known))))
-            ):
-                candidates.add(ingredient)
-                if len(candidates) > 1:
-                    return None  # ambiguous: no match
-    return next(iter(candidates), None)
+            bound = min(reach, _edit_bound(len(known)))
+            if known[0] == word[0] and _within(word, known, bound):
+                within.append((known, ingredient, bound))
+    for distance in range(1, reach + 1):  # nearest first; a tie at the nearest distance is no match
+        nearest = {
+            ingredient for known, ingredient, bound in within if distance <= bound and _within(word, known, distance)
+        }
+        if nearest:
+            return next(iter(nearest)) if len(nearest) == 1 else None
+    return None
 
 
 def _within(a: str, b: str, bound: int) -> bool:

@@ -37,8 +37,10 @@ class Interaction:
 
 # Routes whose products reach the blood in amounts too small for the systemic mechanisms the rules describe
 # (the HL7 PDDI CDS guide: topical diclofenac with warfarin needs no special precautions). Nasal and inhaled
-# products are not local here: inhaled or nasal fluticasone with ritonavir causes Cushing's syndrome.
-LOCAL_ROUTES = frozenset({"topical", "ophthalmic", "otic"})
+# products are not local here: inhaled or nasal fluticasone with ritonavir causes Cushing's syndrome; nor are
+# vaginal rings (systemic contraception that inducers defeat). An intrauterine levonorgestrel system acts in the
+# uterus, and inducers do not lower its efficacy (CDC US Medical Eligibility Criteria 2024, rifampin: category 1).
+LOCAL_ROUTES = frozenset({"topical", "ophthalmic", "otic", "intrauterine"})
 
 
 def resolution(drug_name: str, rxcui: str | None = None) -> Resolution:
