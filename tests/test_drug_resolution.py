@@ -35,7 +35,8 @@ THERAPEUTIC = _ids(
     biguanide dpp4_inhibitor sglt2_inhibitor glp1_agonist thyroid_hormone potassium_supplement anticonvulsant
     muscle_relaxant alpha_blocker antihistamine bisphosphonate methotrexate_class lithium_class colchicine_class
     5ht3_antagonist antiemetic_dopamine stimulant smoking_cessation urinary_antispasmodic cholinesterase_inhibitor
-    hormonal_contraceptive alpha2_agonist integrase_inhibitor vmat2_inhibitor valproate
+    hormonal_contraceptive alpha2_agonist integrase_inhibitor vmat2_inhibitor valproate opioid_antagonist
+    hcv_protease_inhibitor fluoropyrimidine
     """
 )
 PHARMACOLOGY = _ids(
@@ -47,6 +48,7 @@ PHARMACOLOGY = _ids(
     cyp1a2_strong_inhibitor cyp1a2_moderate_inhibitor cyp1a2_inducer cyp1a2_sensitive_substrate pgp_inhibitor
     pgp_inducer pgp_substrate_narrow qt_known_risk serotonergic cns_depressant potassium_raising bleeding_risk
     nephrotoxic hypoglycemia_risk bradycardic hypotensive polyvalent_cation oct2_mate_inhibitor qt_conditional_risk
+    anticholinergic oatp1b1_inhibitor
     """
 )
 
