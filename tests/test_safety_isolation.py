@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from cds_service.core.settings import Settings
 from cds_service.hooks.examples import hook_request, prefetch_for
 from cds_service.hooks.wire import Card, HookRequest
-from cds_service.ml.contract import Finding, ScoringJob, ScoringResult
+from cds_service.ml.contract import EvidenceItem, Finding, ScoringJob, ScoringResult
 from cds_service.safety.orders import Drug, active_drugs, check_allergies
 from cds_service.services import treatment
 from cds_service.services.answer import HookAnswer, HookAnswerer
@@ -61,10 +61,22 @@ AMOXICILLIN = med("d-amoxicillin", "Amoxicillin 500 MG Oral Capsule", "draft")
 ASPIRIN = med("m-aspirin", "Aspirin 81 MG Oral Tablet")
 
 
+# The stand-in's metformin needs an indication in the record to be shown (the trust gates).
+DIABETES = {
+    "resourceType": "Condition",
+    "id": "c-diabetes",
+    "subject": {"reference": "Patient/p1"},
+    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"}], "text": "Type 2 diabetes"},
+}
+
+
 def order_sign(record: list[dict[str, Any]], *drafts: dict[str, Any]) -> HookRequest:
     context = {"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": d} for d in drafts]}}
-    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, *record])
+    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, DIABETES, *record])
     return HookRequest.model_validate(hook_request("order-sign", "p1", prefetch, extra_context=context))
+
+
+CONFIRMED = EvidenceItem("Condition/c-diabetes", "Type 2 diabetes", 1.6e9, 0.8, drop=0.3)  # passes the evidence gate
 
 
 class OneMedication:
@@ -77,7 +89,7 @@ class OneMedication:
         found = (
             []
             if job.head != "medication"
-            else [Finding("medication", 0, "RXNORM/860975", "Metformin 500 MG", 0.6, 0.2)]
+            else [Finding("medication", 0, "RXNORM/860975", "Metformin 500 MG", 0.6, 0.2, [CONFIRMED])]
         )
         return ScoringResult("fake@1", found, {"forward": 1.0})
 

@@ -51,6 +51,7 @@ def server(data_dir: Path, fhir: FakeFhirServer) -> Iterator[str]:
         data_dir=data_dir,
         public_url=f"http://127.0.0.1:{port}",
         min_card_probability=0.0,  # the interim model is weak: show its best guesses so cards can be checked
+        min_evidence_drop=0.0,  # likewise its evidence gate (tested on its own in test_model_trust*.py)
         deadline_ms=20_000,  # CI machines are slow and shared; the deadline has its own test
         fhir_timeout_ms=10_000,
     )
@@ -65,6 +66,19 @@ def patients(synthea_fhir: Path) -> list[list[dict[str, Any]]]:
 
 def patient_id(resources: list[dict[str, Any]]) -> str:
     return str(next(r["id"] for r in resources if r["resourceType"] == "Patient"))
+
+
+@pytest.fixture(scope="module")
+def carded(server: str, patients: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """The patients whose patient-view gets model cards: the others' records are unfamiliar to the model
+    (dead patients scored years later, ages beyond training), which the familiarity guard answers with none."""
+    out = []
+    for resources in patients:
+        request = hook_request("patient-view", patient_id(resources), prefetch_for(resources))
+        if post(f"{server}/cds-services/diagnosis-suggestions", request).json()["cards"]:
+            out.append(resources)
+    assert len(out) >= 2, "the generator fixture should hold at least two patients the model knows"
+    return out
 
 
 def post(url: str, body: Any, **kw: Any) -> httpx.Response:
@@ -98,10 +112,10 @@ def test_discovery_lists_services_with_cds_hooks_2_prefetch(server: str) -> None
 
 
 def test_patient_view_with_prefetch_returns_valid_cards_with_evidence(
-    server: str, patients: list[list[dict[str, Any]]]
+    server: str, carded: list[list[dict[str, Any]]]
 ) -> None:
     seen_evidence = 0
-    for resources in patients[:3]:
+    for resources in carded[:3]:
         request = hook_request("patient-view", patient_id(resources), prefetch_for(resources))
         response = post(f"{server}/cds-services/diagnosis-suggestions", request)
         assert response.status_code == 200
@@ -117,9 +131,9 @@ def test_patient_view_with_prefetch_returns_valid_cards_with_evidence(
 
 
 def test_patient_view_without_prefetch_fetches_from_the_fhir_server(
-    server: str, fhir: FakeFhirServer, patients: list[list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+    server: str, fhir: FakeFhirServer, carded: list[list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    resources = patients[0]
+    resources = carded[0]
     request = hook_request("patient-view", patient_id(resources), None, fhir_server=FHIR, access_token=TOKEN)
     with fhir.serving(resources) as calls, caplog.at_level(logging.DEBUG):  # Observation answers in two pages
         response = post(f"{server}/cds-services/diagnosis-suggestions", request)
@@ -153,9 +167,10 @@ def audit_of(data_dir: Path, hook_instance: str) -> tuple[str, dict[str, Any]]:
 
 
 def test_a_null_prefetch_key_is_no_data_while_an_absent_one_is_still_412(
-    server: str, fhir: FakeFhirServer, data_dir: Path, patients: list[list[dict[str, Any]]]
+    server: str, fhir: FakeFhirServer, data_dir: Path, carded: list[list[dict[str, Any]]]
 ) -> None:
-    resources = [r for r in patients[0] if r["resourceType"] != "Condition"]  # a patient with no conditions
+    patient = carded[0]
+    resources = [r for r in patient if r["resourceType"] != "Condition"]  # a patient with no conditions
     prefetch = prefetch_for(resources) | {"conditions": None}  # CDS Hooks 2.0: null is "no data"
     request = hook_request("patient-view", patient_id(resources), prefetch)
     response = post(f"{server}/cds-services/diagnosis-suggestions", request)
@@ -166,7 +181,7 @@ def test_a_null_prefetch_key_is_no_data_while_an_absent_one_is_still_412(
     assert outcome == "ok", details["reasons"]
 
     offered = hook_request("patient-view", patient_id(resources), prefetch, fhir_server=FHIR, access_token=TOKEN)
-    with fhir.serving(patients[0]) as calls:
+    with fhir.serving(patient) as calls:
         assert post(f"{server}/cds-services/diagnosis-suggestions", offered).status_code == 200
     assert calls["Condition"] == 0  # a server was offered, and still nothing was fetched for a null key
 
@@ -387,8 +402,8 @@ def test_hostile_bundles_degrade_instead_of_failing(
     assert missing_data_count() == before + 2
 
 
-def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Path, patients: list[Any]) -> None:
-    request = hook_request("patient-view", patient_id(patients[2]), prefetch_for(patients[2]))
+def test_feedback_is_validated_stored_once_and_audited(server: str, data_dir: Path, carded: list[Any]) -> None:
+    request = hook_request("patient-view", patient_id(carded[-1]), prefetch_for(carded[-1]))
     cards = post(f"{server}/cds-services/diagnosis-suggestions", request).json()["cards"]
     card = cards[0]
     accepted = {

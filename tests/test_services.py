@@ -15,7 +15,7 @@ from cds_service.core.errors import DeadlineMissed, InvalidRequest, UnknownServi
 from cds_service.core.settings import Settings
 from cds_service.hooks.examples import hook_request, prefetch_for
 from cds_service.hooks.wire import HookRequest
-from cds_service.ml.contract import Finding, ScoringJob, ScoringResult
+from cds_service.ml.contract import EvidenceItem, Finding, ScoringJob, ScoringResult
 from cds_service.safety.orders import Drug
 from cds_service.services.answer import HookAnswer, HookAnswerer
 from cds_service.services.registry import SERVICES, discovery, service_named
@@ -25,6 +25,15 @@ from cds_service.serving.cache import ScoreCache
 VERSION = "fake@1"
 RECORD: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "p1"},
+    {  # the indication the stand-in's metformin needs to be shown (the trust gates)
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"}],
+            "text": "Type 2 diabetes",
+        },
+    },
     {
         "resourceType": "MedicationRequest",
         "id": "m1",
@@ -45,7 +54,9 @@ DRAFT = {
 
 
 def finding(head: str, token: str, display: str, probability: float = 0.6) -> Finding:
-    return Finding(head=head, label=0, token=token, display=display, probability=probability, threshold=0.2)
+    """A finding whose top evidence was confirmed to move it (the trust gates' evidence check)."""
+    evidence = [EvidenceItem("Condition/c1", "Type 2 diabetes", 1.6e9, 0.8, drop=0.3)]
+    return Finding(head, 0, token, display, probability, 0.2, evidence)
 
 
 class FakeBackend:
@@ -73,7 +84,7 @@ class FakeBackend:
 
 
 FINDINGS = {
-    "diagnosis": [finding("diagnosis", "SNOMED/44054006", "Diabetes mellitus type 2")],
+    "diagnosis": [finding("diagnosis", "SNOMED/38341003", "Hypertension")],
     "medication": [finding("medication", "RXNORM/860975", "Metformin 500 MG Oral Tablet")],
 }
 
@@ -156,9 +167,8 @@ def test_recommendations_exclude_what_is_drafted_or_conflicts_with_a_draft() -> 
         finding("medication", "RXNORM/314076", "Lisinopril 10 MG Oral Tablet"),
         finding("medication", "RXNORM/617310", "Atorvastatin 20 MG Oral Tablet"),
     ]
-    kept = against_drafts(candidates, drafts, max_cards=3)
-    assert [f.display.split()[0] for f in kept] == ["Metformin", "Lisinopril"]  # at most two
-    assert against_drafts(candidates, drafts, max_cards=1) == kept[:1]
+    kept = against_drafts(candidates, drafts)
+    assert [f.display.split()[0] for f in kept] == ["Metformin", "Lisinopril", "Atorvastatin"]
 
 
 def test_patient_view_precomputes_the_job_the_order_hooks_then_read_from_the_cache() -> None:

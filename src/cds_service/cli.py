@@ -87,6 +87,15 @@ def _recalibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guard(args: argparse.Namespace) -> int:
+    from cds_service.data.dataset import load_dataset
+    from cds_service.training.guard import refit_guard
+
+    guard = refit_guard(args.model, load_dataset(args.data))
+    print(json.dumps({k: v for k, v in guard.to_json().items() if k not in ("mean", "precision")}, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -262,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--data", type=Path, required=True, help="its validation split (same labels as the model)")
     rc.add_argument("--max-val-samples", type=int, default=None, help="default: the model's training option")
     rc.set_defaults(func=_recalibrate)
+
+    gd = commands.add_parser("guard", help="fit the familiarity guard of a trained model on its dataset")
+    gd.add_argument("--model", type=Path, required=True)
+    gd.add_argument("--data", type=Path, required=True, help="the model's training dataset (same labels)")
+    gd.set_defaults(func=_guard)
 
     ev = commands.add_parser("evaluate", help="score model and baselines on a test split")
     ev.add_argument("--model", type=Path, required=True)

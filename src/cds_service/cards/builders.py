@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from cds_service.cards.drafts import proposed_medication_request, provisional_condition
-from cds_service.cards.render import finding_detail, md, override_reasons, source, summary
+from cds_service.cards.render import (
+    capped,
+    finding_detail,
+    md,
+    override_reasons,
+    shown_probability,
+    source,
+    summary,
+)
 from cds_service.fhir.canonical import SAFETY_OVERRIDES, SUGGESTION_OVERRIDES
 from cds_service.hooks.wire import Action, Card, Suggestion
 from cds_service.ml.contract import Finding
@@ -26,9 +34,11 @@ def evidence_extension(f: Finding) -> dict[str, Any]:
         if e.quote:
             item["quote"] = e.quote
         items.append(item)
-    body: dict[str, Any] = {"probability": round(f.probability, 4)}
+    body: dict[str, Any] = {"probability": round(capped(f.probability), 4)}
     if items:
         body["evidence"] = items
+    if f.indication:
+        body["indication"] = f.indication["reference"]
     return {EVIDENCE_EXTENSION: body}
 
 
@@ -38,7 +48,7 @@ def diagnosis_card(
     where = "encounter diagnosis" if encounter_id else "problem-list entry"
     condition = provisional_condition(f.token, f.display, patient_id, encounter_id)
     return Card(
-        summary=summary(f"Consider {f.display} ({f.probability:.0%} likely)"),
+        summary=summary(f"Consider {f.display} ({shown_probability(f.probability)} likely)"),
         detail=finding_detail(f, "likely diagnosis not yet on the problem list"),
         indicator="info",
         source=source("diagnosis-suggestion", version, card_url),
@@ -81,9 +91,15 @@ def medication_card(
         checked += (
             f" **{unrecognised} {drugs} of the record could not be identified** and {verb} not checked against it."
         )
+    why = "medication commonly ordered for patients like this one"
+    if f.indication:
+        recorded = f", recorded {f.indication['recorded']}" if f.indication.get("recorded") else ""
+        why += f", for **{md(f.indication['display'])}**{recorded} ({md(f.indication['reference'])})"
+        checked += f" Indication: {md(f.indication['citation'])}."
+    for_what = f" for {f.indication['display']}" if f.indication else ""
     return Card(
-        summary=summary(f"Consider {f.display} ({f.probability:.0%})"),
-        detail=finding_detail(f, "medication commonly ordered for patients like this one") + "\n\n" + checked,
+        summary=summary(f"Consider {f.display}{for_what} ({shown_probability(f.probability)})"),
+        detail=finding_detail(f, why) + "\n\n" + checked,
         indicator="info",
         source=source("medication-recommendation", version, card_url),
         suggestions=[

@@ -13,6 +13,21 @@ SUMMARY_LIMIT = 139  # the spec: "SHALL be less than 140 characters"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
+# No card claims certainty: a probability is shown as "over 95%" at most, and the machine-readable value is
+# capped at 0.99. Calibration fitted on synthetic validation data does not survive a change of population
+# (the transfer figures in the model card), so the top of the scale carries no meaning we could defend.
+SHOWN_CAP = 0.95
+VALUE_CAP = 0.99
+
+
+def shown_probability(p: float) -> str:
+    return "over 95%" if p > SHOWN_CAP else f"{p:.0%}"
+
+
+def capped(p: float) -> float:
+    return min(float(p), VALUE_CAP)
+
+
 def md(text: str) -> str:
     """Text safe inside Markdown: special characters escaped, HTML brackets as entities, one line."""
     text = " ".join(text.split())
@@ -63,8 +78,8 @@ def evidence_table(items: list[EvidenceItem]) -> str:
 
 def finding_detail(finding: Finding, what: str) -> str:
     lines = [
-        f"**{md(finding.display)}**: {what} with a calibrated probability of **{finding.probability:.0%}** "
-        f"(threshold {finding.threshold:.0%}).",
+        f"**{md(finding.display)}**: {what} with a calibrated probability of "
+        f"**{shown_probability(finding.probability)}** (threshold {finding.threshold:.0%}).",
         "",
         "Records that drove this suggestion (model attributions summed per record; "
         "*Without it* is the score change when the record is left out):",

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20_000_000, description="Larger request bodies are refused with 413.")
     max_cards: int = Field(3, description="Most model cards per response (safety cards are never capped).")
     min_card_probability: float = Field(0.2, description="Model suggestions below this are never shown.")
+    min_evidence_drop: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="A model card is shown only if leaving out its top evidence record lowers its probability by "
+        "at least this much (else the evidence does not explain it, and it is withheld and counted).",
+    )
     torch_threads: int | None = Field(None, description="Threads for in-process inference (default: torch's).")
     cors_origins: list[str] = Field(["*"], description="Browser origins allowed to call the service.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")

@@ -14,6 +14,11 @@ DEADLINE_MISSES = Counter("cds_deadline_misses_total", "Model scoring that misse
 DEGRADED = Counter(
     "cds_degraded_responses_total", "Responses with fewer cards than normal, by reason", ["service", "reason"]
 )
+WITHHELD = Counter(
+    "cds_model_suggestions_withheld_total",
+    "Model suggestions not shown, by the trust gate that withheld them",
+    ["service", "reason"],
+)
 FALLBACKS = Counter("cds_backend_fallbacks_total", "Scoring that fell back from the configured backend", ["reason"])
 HOOK_ERRORS = Counter("cds_hook_errors_total", "Hook requests answered with an error status", ["service", "status"])
 MODEL_SECONDS = Histogram("cds_model_seconds", "Model work per request, by stage", ["stage"], buckets=LATENCY_BUCKETS)

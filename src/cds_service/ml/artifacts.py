@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from cds_service.data.dataset import Dataset
 from cds_service.data.note_tokenizer import NOTE_MODEL_FILE, NoteTokenizer
+from cds_service.ml.concepts import ConceptMap
+from cds_service.ml.familiarity import load_guard
 from cds_service.ml.features import (
     EncodeConfig,
     TokenSpace,
@@ -47,7 +49,8 @@ class Predictor:
         encode_config = config["encode"]
         encode_config["encounter_classes"] = tuple(encode_config.get("encounter_classes", ()))
         self.encode_config = EncodeConfig(**encode_config)
-        self.vocab: list[str] = json.loads((model_dir / "vocab.json").read_text())["tokens"]
+        vocab = json.loads((model_dir / "vocab.json").read_text())
+        self.vocab: list[str] = vocab["tokens"]
         self.labels: dict[str, list[dict[str, Any]]] = json.loads((model_dir / "labels.json").read_text())
         self.calibration: dict[str, Any] = json.loads((model_dir / "calibration.json").read_text())
         self.space = TokenSpace(self.model_config.n_codes, self.model_config.n_note_pieces)
@@ -55,13 +58,19 @@ class Predictor:
         value_bins = json.loads(bins_path.read_text()) if bins_path.is_file() else {}
         notes_path = model_dir / NOTE_MODEL_FILE
         self.note_tokenizer = NoteTokenizer(notes_path) if notes_path.is_file() else None
-        self.featurizer = LiveFeaturizer(self.vocab, value_bins, self.note_tokenizer, self.encode_config)
+        concepts = (
+            ConceptMap(self.vocab, vocab["display"], vocab["train_counts"])
+            if "display" in vocab and "train_counts" in vocab
+            else None
+        )
+        self.featurizer = LiveFeaturizer(self.vocab, value_bins, self.note_tokenizer, self.encode_config, concepts)
         self.device = device or pick_device()
         self.model = HistoryEncoderModel(self.model_config)
         self.model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
         scale = self.calibration.get("residual_scale", {})  # absent before it was fitted: the whole residual
         self.model.residual_scale.copy_(torch.tensor([scale.get("diagnosis", 1.0), scale.get("medication", 1.0)]))
         self.model.to(self.device).eval()
+        self.guard = load_guard(model_dir)  # None: every record is unfamiliar (fail closed)
         self.version = f"{model_dir.name}@{file_digest(model_dir / 'model.safetensors')!s:.12}"
 
     @property

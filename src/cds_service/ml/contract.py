@@ -47,6 +47,16 @@ class ScoringResult:
     skipped_resources: int = 0
     batch_size: int = 1  # jobs that shared this forward pass
     queue_wait_ms: float = 0.0  # time between enqueueing and the start of work (remote workers)
+    # The familiarity guard's verdict (`ml.familiarity`): {"familiar": bool, "failed": [...], "measures": {...}};
+    # an unfamiliar record has no findings. None from a backend that predates the guard.
+    familiarity: dict[str, Any] | None = None
+
+    @property
+    def unfamiliar(self) -> list[str] | None:
+        """The failed checks when the guard judged the record unfamiliar, else None."""
+        if self.familiarity is None or self.familiarity.get("familiar", False):
+            return None
+        return [str(c) for c in self.familiarity.get("failed", [])] or ["unknown"]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +89,9 @@ class Finding:
     probability: float
     threshold: float
     evidence: list[EvidenceItem] = field(default_factory=list)
+    # Set by the trust gates (`services.trust`) for a medication: the record's condition that indicates it,
+    # {"reference": "Condition/abc", "display": "Atrial fibrillation", "recorded": "2018-05-02" | None}.
+    indication: dict[str, Any] | None = None
 
 
 class InferenceBackend(Protocol):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cds_service.data.note_tokenizer import NoteTokenizer
+from cds_service.ml.concepts import ConceptMap
 from cds_service.ml.features import EncodeConfig, History, value_bin
 from cds_service.timeline.events import Event, EventKind, Note, PatientTimeline
 
@@ -33,14 +34,27 @@ class LiveFeaturizer:
         value_bins: dict[str, list[float]],
         notes: NoteTokenizer | None,
         config: EncodeConfig,
+        concepts: ConceptMap | None = None,
     ) -> None:
         self.index = {t: i for i, t in enumerate(vocab)}
+        self.concepts = concepts  # fallbacks for unknown codes (`ml.concepts`); None: unknown stays [UNK]
         self.value_bins = value_bins
         self.notes = notes
         self.config = config  # the model's own caps (config.json), never constants copied from training
 
     def token_id(self, token: str) -> int:
         return self.index.get(token, UNK_ID)
+
+    def event_token_id(self, event: Event) -> int:
+        """The event's code id, or the id of a known code for the same concept, or [UNK]."""
+        found = self.index.get(event.token)
+        if found is not None:
+            return found
+        if self.concepts is not None:
+            fallback = self.concepts.fallback(event.token, event.display, event.kind)
+            if fallback is not None:
+                return fallback
+        return UNK_ID
 
     def featurize(
         self,
@@ -58,7 +72,7 @@ class LiveFeaturizer:
         notes = [n for n in past.notes if n.text.strip()] if self.notes is not None else []
         if max_notes is not None:  # only the most recent notes can enter the input: tokenise just those
             notes = notes[max(0, len(notes) - max_notes) :] if max_notes else []
-        tokens = np.asarray([self.token_id(e.token) for e in events], dtype=np.int64)
+        tokens = np.asarray([self.event_token_id(e) for e in events], dtype=np.int64)
         bins = np.asarray(
             [
                 value_bin(e.value, self.value_bins.get(e.token))

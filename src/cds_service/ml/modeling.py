@@ -67,6 +67,7 @@ class ModelOutput:
     med_logits: torch.Tensor  # (batch, n_medications)
     inputs_embeds: torch.Tensor  # (batch, seq, hidden): what attributions differentiate against
     wide_logits: torch.Tensor | None = None  # (batch, n_diagnoses + n_medications): the wide branch's share
+    pooled: torch.Tensor | None = None  # (batch, hidden): the [CLS] representation (the familiarity guard's input)
 
 
 class HistoryEncoderModel(nn.Module):
@@ -136,10 +137,10 @@ class HistoryEncoderModel(nn.Module):
         dx, med = self.dx_head(cls), self.med_head(torch.cat([cls, known], dim=-1))
         wide = self.wide_logits(batch)
         if wide is None:
-            return ModelOutput(dx, med, embeds)
+            return ModelOutput(dx, med, embeds, pooled=cls)
         n_dx = self.config.n_diagnoses
         dx, med = self.residual_scale[0] * dx, self.residual_scale[1] * med
-        return ModelOutput(dx + wide[:, :n_dx], med + wide[:, n_dx:], embeds, wide)
+        return ModelOutput(dx + wide[:, :n_dx], med + wide[:, n_dx:], embeds, wide, pooled=cls)
 
     def wide_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if self.wide is None:

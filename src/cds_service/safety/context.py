@@ -49,7 +49,7 @@ class FactorFinding:
     present: bool
 
 
-def _codes(concept: Any) -> set[str]:
+def concept_codes(concept: Any) -> set[str]:
     """`system:code` of each coding in a system we name (icd10 codes without their dot-suffix kept whole)."""
     out = set()
     for coding in codings(concept):
@@ -59,7 +59,7 @@ def _codes(concept: Any) -> set[str]:
     return out
 
 
-def _texts(concept: Any) -> list[str]:
+def concept_texts(concept: Any) -> list[str]:
     texts = [c.get("display") for c in codings(concept)]
     if isinstance(concept, dict):
         texts.append(concept.get("text"))
@@ -81,6 +81,11 @@ def _keyword_matches(criterion: Criterion, texts: list[str]) -> bool:
     return any(re.search(rf"\b{re.escape(k)}\b", text) for k in criterion.keywords for text in texts)
 
 
+def condition_matches(criterion: Criterion, codes: set[str], texts: list[str]) -> bool:
+    """Whether a condition with these codes (`concept_codes`) and texts (`concept_texts`) meets `criterion`."""
+    return _code_matches(criterion, codes) or _keyword_matches(criterion, texts)
+
+
 def _day(resource: Resource, *paths: str) -> str:
     when = first_datetime(resource, *paths)
     return f" ({when.date().isoformat()})" if when else ""
@@ -100,7 +105,7 @@ class RecordContext:
         for r in self._resources:
             if r.get("resourceType") != "Condition" or status_codes(r, "verificationStatus") & INVALID_CONDITION:
                 continue
-            out.append((r, _codes(r.get("code")), _texts(r.get("code"))))
+            out.append((r, concept_codes(r.get("code")), concept_texts(r.get("code"))))
         return out
 
     @cached_property
@@ -111,7 +116,7 @@ class RecordContext:
                 continue
             when = first_datetime(r, "effectiveDateTime", "effectivePeriod.start", "issued")
             if when is not None:
-                out.append((when, r, _codes(r.get("code"))))
+                out.append((when, r, concept_codes(r.get("code"))))
         out.sort(key=lambda item: item[0], reverse=True)
         return out
 
@@ -140,7 +145,7 @@ class RecordContext:
 
     def _condition_evidence(self, criterion: Criterion) -> str:
         for resource, codes, texts in self._conditions:
-            if _code_matches(criterion, codes) or _keyword_matches(criterion, texts):
+            if condition_matches(criterion, codes, texts):
                 name = texts[0] if texts else "condition"
                 return f"{name}{_day(resource, 'onsetDateTime', 'recordedDate')}"
         return ""
@@ -156,7 +161,7 @@ class RecordContext:
                 continue
             assert isinstance(quantity, dict)  # a number was read from it above
             unit = quantity.get("unit") or quantity.get("code") or ""
-            name = (_texts(resource.get("code")) or ["result"])[0]
+            name = (concept_texts(resource.get("code")) or ["result"])[0]
             return f"{name}: {value:g} {unit}".rstrip() + f" ({when.date().isoformat()})", criterion.crosses(value)
         return "", False
 

@@ -21,12 +21,20 @@ from pydantic import ValidationError
 from cds_service.cards.builders import diagnosis_card, medication_card
 from cds_service.core.errors import DeadlineMissed
 from cds_service.core.settings import Settings
-from cds_service.core.telemetry import CACHE_LOOKUPS, DEADLINE_MISSES, DEGRADED, MODEL_SECONDS, PRECOMPUTED
+from cds_service.core.telemetry import (
+    CACHE_LOOKUPS,
+    DEADLINE_MISSES,
+    DEGRADED,
+    MODEL_SECONDS,
+    PRECOMPUTED,
+    WITHHELD,
+)
 from cds_service.fhir.client import FhirClient
 from cds_service.hooks.prefetch import PatientData, gather
 from cds_service.hooks.wire import Card, HookRequest, PatientContext, validate_context
 from cds_service.ml.contract import Finding, InferenceBackend, ScoringJob, ScoringResult
 from cds_service.services.spec import ServiceSpec
+from cds_service.services.trust import trusted_findings
 from cds_service.serving.cache import ScoreCache, job_key
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ class HookAnswer:
 
     cards: list[Card] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why the answer is degraded (no PHI)
+    withheld: list[str] = field(default_factory=list)  # one trust gate per model suggestion not shown
     model_version: str | None = None
     patient_id: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -131,6 +140,14 @@ class HookAnswerer:
             if self.cache is not None:
                 await self.cache.put(key, result)
         call.answer.model_version = result.model_version
+        unfamiliar = result.unfamiliar
+        if unfamiliar is not None:  # the guard's verdict: no model card for a record unlike the training data
+            call.degrade("unfamiliar-record")
+            for check in unfamiliar:
+                call.answer.withheld.append(f"unfamiliar:{check}")
+                WITHHELD.labels(service=call.service.id, reason=f"unfamiliar:{check}").inc()
+            log.info("%s: record unfamiliar to the model (%s); no model cards", call.service.id, ", ".join(unfamiliar))
+            return None
         return result
 
     async def _cached(self, call: HookCall, key: str) -> ScoringResult | None:
@@ -161,9 +178,14 @@ class HookAnswerer:
             call.answer.timings_ms[f"model_{stage}"] = ms
         return result
 
-    def model_cards(self, call: HookCall, result: ScoringResult) -> None:
-        """A card per finding; one that would break the spec is dropped and counted, never sent."""
-        for finding in result.findings:
+    def model_cards(self, call: HookCall, result: ScoringResult, limit: int | None = None) -> None:
+        """A card per finding that passes the trust gates (`services.trust`), at most `limit`; one that would
+        break the spec is dropped and counted, never sent."""
+        shown, withheld = trusted_findings(
+            call.service.id, result.findings, call.data.resources, self.settings.min_evidence_drop
+        )
+        call.answer.withheld.extend(withheld)
+        for finding in shown[: self.settings.max_cards if limit is None else limit]:
             try:
                 card = self._card(call, finding, result.model_version)
             except ValidationError as exc:

@@ -143,12 +143,12 @@ def safety_checks(focus: list[Drug], drafts: list[Drug], resources: list[Resourc
     return out
 
 
-def against_drafts(findings: list[Finding], drafts: list[Drug], max_cards: int) -> list[Finding]:
-    """Candidates that are neither drafted already nor in conflict with a draft, best first."""
+def against_drafts(findings: list[Finding], drafts: list[Drug]) -> list[Finding]:
+    """Candidates that are neither drafted already nor in conflict with a draft, best first (the trust
+    gates and the card limit come after, so a withheld candidate leaves room for the next)."""
     tokens = {d.token for d in drafts if d.token}
     names = [d.name for d in drafts]
-    kept = [f for f in findings if f.token not in tokens and not conflicts(f.display, names)]
-    return kept[: min(MOST_RECOMMENDATIONS, max_cards)]
+    return [f for f in findings if f.token not in tokens and not conflicts(f.display, names)]
 
 
 def _report_unknown_drugs(call: HookCall, focus: list[Drug], drafts: list[Drug], url: str) -> None:
@@ -188,8 +188,8 @@ async def check_orders(answerer: HookAnswerer, call: HookCall) -> None:
     try:
         result = await answerer.score(call, medication_job(context, call.data, answerer.settings))
         if result is not None:
-            result.findings = against_drafts(result.findings, drafts, answerer.settings.max_cards)
-            answerer.model_cards(call, result)
+            result.findings = against_drafts(result.findings, drafts)
+            answerer.model_cards(call, result, limit=min(MOST_RECOMMENDATIONS, answerer.settings.max_cards))
     except Exception as exc:  # the safety cards above must not be lost with the recommendations
         call.degrade("recommendation-error")
         log.error(

@@ -7,10 +7,12 @@ stopped waiting costs no more CPU; each job of a batch keeps its own deadline an
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 from cds_service.core.errors import DeadlineMissed
 from cds_service.fhir.reader import ReadReport
 from cds_service.ml.contract import ScoringJob, ScoringResult
+from cds_service.ml.familiarity import Familiarity, RecordMeasures, canonical_cutoff
 from cds_service.ml.live import LiveHistory
 from cds_service.ml.recommend import choose
 from cds_service.serving.explain import Explainer
@@ -25,14 +27,27 @@ def _check(deadline: float | None, stage: str) -> None:
         raise DeadlineMissed(f"deadline passed before {stage}")
 
 
-def _featurize(scorer: PatientScorer, job: ScoringJob) -> tuple[LiveHistory, int]:
+def _featurize(scorer: PatientScorer, job: ScoringJob) -> tuple[LiveHistory, int, RecordMeasures]:
+    """The job's inputs, read as of the guard's fixed gap after the last event (the scoring time is no input),
+    and the guard's measures taken at the real scoring time (a stale record is unfamiliar, not re-dated)."""
     report = ReadReport()
     timeline = TimelineBuilder(report).build(job.patient_id, job.resources)
     config = scorer.predictor.encode_config
     live = scorer.predictor.featurizer.featurize(
         timeline, job.cutoff, job.encounter_id, job.known_dx, config.max_notes if config.note_tokens else 0
     )
-    return live, sum(report.warnings.values())
+    measures = RecordMeasures.of(live.history)
+    guard = scorer.predictor.guard
+    if guard is not None:
+        live.history = canonical_cutoff(live.history, guard.scoring_gap_days)
+    return live, sum(report.warnings.values()), measures
+
+
+def familiarity(scorer: PatientScorer, measures: RecordMeasures, scores: PatientScores) -> Familiarity:
+    guard = scorer.predictor.guard
+    if guard is None:  # a model without a fitted guard cannot tell a familiar record: fail closed
+        return Familiarity(False, ["no-guard"])
+    return guard.check(measures, scores.pooled)
 
 
 def _chosen(scorer: PatientScorer, job: ScoringJob, scores: PatientScores) -> list[int]:
@@ -60,32 +75,40 @@ def run_jobs(
     """Several jobs with one batched forward pass; each job keeps its own deadline and result."""
     results: list[ScoringResult | DeadlineMissed] = [DeadlineMissed("not scored")] * len(jobs)
     t0 = time.perf_counter()
-    prepared: list[tuple[int, LiveHistory, int]] = []
+    prepared: list[tuple[int, LiveHistory, int, RecordMeasures]] = []
     for i, (job, deadline) in enumerate(zip(jobs, deadlines, strict=True)):
         try:
             _check(deadline, "featurisation")
-            live, skipped = _featurize(scorer, job)
+            live, skipped, measures = _featurize(scorer, job)
             _check(deadline, "the forward pass")
-            prepared.append((i, live, skipped))
+            prepared.append((i, live, skipped, measures))
         except DeadlineMissed as exc:
             results[i] = exc
     if not prepared:
         return results
     t1 = time.perf_counter()
-    all_scores = scorer.score_many([live for _, live, _ in prepared])
+    all_scores = scorer.score_many([live for _, live, _, _ in prepared])
     t2 = time.perf_counter()
-    for (i, _, skipped), scores in zip(prepared, all_scores, strict=True):
+    for (i, _, skipped, measures), scores in zip(prepared, all_scores, strict=True):
         try:
             _check(deadlines[i], "explanations")
         except DeadlineMissed as exc:
             results[i] = exc
             continue
         start = time.perf_counter()
-        findings = Explainer(scorer).explain(scores, jobs[i].head, _chosen(scorer, jobs[i], scores))
+        verdict = familiarity(scorer, measures, scores)
+        # An unfamiliar record gets no findings: nothing to explain, and nothing a card could show.
+        findings = (
+            Explainer(scorer).explain(scores, jobs[i].head, _chosen(scorer, jobs[i], scores))
+            if verdict.familiar
+            else []
+        )
         timings = {
             "featurize": (t1 - t0) * 1e3 / len(prepared),
             "forward": (t2 - t1) * 1e3,
             "explain": (time.perf_counter() - start) * 1e3,
         }
-        results[i] = ScoringResult(scorer.predictor.version, findings, timings, skipped, batch_size=len(prepared))
+        results[i] = ScoringResult(
+            scorer.predictor.version, findings, timings, skipped, batch_size=len(prepared), familiarity=asdict(verdict)
+        )
     return results

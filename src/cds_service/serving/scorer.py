@@ -26,6 +26,7 @@ class PatientScores:
     features: dict[str, npt.NDArray[Any]]
     positions: list[int]  # per input position: event index, -1 CLS, -2-k note k
     probabilities: dict[str, npt.NDArray[np.float32]]
+    pooled: npt.NDArray[np.float32] | None = None  # the [CLS] representation, for the familiarity guard
 
 
 class PatientScorer:
@@ -59,6 +60,8 @@ class PatientScorer:
             out = self.model(batch, known.to(device))
         dx = self.predictor.calibrate("diagnosis", out.dx_logits.float()).cpu().numpy()
         med = self.predictor.calibrate("medication", out.med_logits.float()).cpu().numpy()
+        pooled = out.pooled.float().cpu().numpy() if out.pooled is not None else None
         for row, s in enumerate(out_scores):
             s.probabilities = {"diagnosis": dx[row], "medication": med[row]}
+            s.pooled = pooled[row] if pooled is not None else None
         return out_scores

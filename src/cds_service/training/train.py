@@ -30,6 +30,7 @@ from cds_service.ml.modeling import PROFILES, HistoryEncoderModel, ModelConfig, 
 from cds_service.ml.recommend import interaction_matrix
 from cds_service.ml.tensors import predict_logits, to_tensors
 from cds_service.training.calibration import calibrate
+from cds_service.training.guard import fit_guard
 from cds_service.training.options import TrainOptions, training_samples
 from cds_service.training.wide import fit_wide, reuse_wide
 
@@ -172,4 +173,5 @@ def train(ds: Dataset, out: Path, opts: TrainOptions) -> dict[str, Any]:
     calibration = {**calibrate(model, enc_val, known_val, y_dx[val_idx], y_med[val_idx]), "fitted_on": ds.path.name}
     training = {"options": asdict(opts), "history": history, "minutes": (time.monotonic() - started) / 60}
     save_model(model, ds, out, enc_cfg, calibration, training)
+    fit_guard(model, ds, enc_cfg, all_train, val_idx, opts.seed).save(out)
     return {"best_val_macro_auprc": best_score, "epochs": len(history), "calibration": calibration["temperature"]}

@@ -112,6 +112,7 @@ def audit_record(service: ServiceSpec, payload: HookRequest, status: int, answer
         "details": {
             "timings_ms": {k: round(v, 1) for k, v in answer.timings_ms.items()},
             "reasons": answer.reasons,
+            "withheld": answer.withheld,
             "topics": [c.source.topic.code if c.source.topic else None for c in answer.cards],
         },
     }
