@@ -118,6 +118,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_train_samples=args.max_train_samples,
         max_test_samples=args.max_test_samples,
         baselines=baselines,
+        faithfulness_samples=args.faithfulness_samples,
+        card_figures=not args.no_card_figures,
     )
     write_report(report, args.report)
     print(f"report written: {args.report} (+ .md, .png)")
@@ -288,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-test-samples", type=int, default=None, help="random subset of the test split")
     ev.add_argument("--seed", type=int, default=get_settings().seed)
     ev.add_argument("--baselines", type=Path, default=None, help="baselines fitted by `cds-service baselines`")
+    ev.add_argument(
+        "--faithfulness-samples",
+        type=int,
+        default=300,
+        help="shown labels per head whose evidence is checked by deletion (comprehensiveness, sufficiency); 0 skips",
+    )
+    ev.add_argument("--no-card-figures", action="store_true", help="skip the card-level figures (cards, precision)")
     ev.set_defaults(func=_evaluate)
 
     mc = commands.add_parser("model-card", help="write MODEL_CARD.md from card_text.md and the reports")

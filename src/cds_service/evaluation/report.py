@@ -3,7 +3,9 @@
 Report layout: `report[head][system][metric]` (head "diagnosis" | "medication"; systems `transformer`,
 `logistic_regression`, `lightgbm`, `prior`, and `transformer_codes_only` when notes are ablated), plus
 `report[head][system]["ci95"][metric]` and `report[head]["paired_difference"][baseline][metric]`
-(transformer minus baseline: mean and 95% CI over the same bootstrap resamples).
+(transformer minus baseline: mean and 95% CI over the same bootstrap resamples). Beside the systems, per
+head: `report[head]["cards"]` (what a physician would see under the service's card rule, `evaluation.cards`)
+and `report[head]["faithfulness"]` (comprehensiveness and sufficiency of the evidence, `evaluation.faithfulness`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy.typing as npt
 
 from cds_service.data.dataset import Dataset
 from cds_service.data.sampling import label_enriched_subset
+from cds_service.evaluation import cards, faithfulness
 from cds_service.evaluation.baselines import FeatureSpace, bag_of_codes, make_baseline
 from cds_service.evaluation.bootstrap import WeightedMetrics, patient_weights
 from cds_service.evaluation.metrics import SCORE_METRICS, ddi_rate, f1_samples, jaccard
@@ -33,6 +36,7 @@ BASELINES = ("prior", "logistic_regression", "lightgbm")
 # where scikit-learn's baselines had to be capped to a subset.
 WIDE_LR = "logistic_regression_all_samples"
 WIDE_THRESHOLD_SAMPLES = 20_000  # seeded training draw for its rate thresholds
+NOT_SYSTEMS = ("paired_difference", "cards", "faithfulness")  # the keys of report[head] that are no system
 Array = npt.NDArray[Any]
 
 
@@ -101,9 +105,13 @@ def evaluate(
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
     baselines: dict[str, Array] | None = None,
+    faithfulness_samples: int = 300,
+    card_figures: bool = True,
 ) -> dict[str, Any]:
     """`max_*_samples` draw a seeded random subset of samples (for speed); the report records the sizes.
-    `baselines`: what `fit_baselines` returned for the same datasets, subsets and seed (fitted once, reused)."""
+    `baselines`: what `fit_baselines` returned for the same datasets, subsets and seed (fitted once, reused).
+    `faithfulness_samples`: shown labels per head whose evidence is checked (0: none); `card_figures`: the
+    card-level figures."""
     train_idx, test_idx = split_samples(train_ds, test_ds, max_train_samples, max_test_samples, seed)
     heads = {"diagnosis": "dx", "medication": "med"}
     model_labels = {h: [x["token"] for x in predictor.labels[h]] for h in heads}
@@ -191,9 +199,53 @@ def evaluate(
             for base in systems
             if not base.startswith("transformer")
         }
+        if card_figures:
+            head_report["cards"] = _card_figures(
+                test_ds, test_idx, head, model_labels[head], systems, thresholds["transformer"], ddi
+            )
+        if faithfulness_samples > 0:
+            log.info("faithfulness of the %s evidence on %d samples", head, faithfulness_samples)
+            head_report["faithfulness"] = faithfulness.faithfulness(
+                predictor,
+                test_ds,
+                head,
+                test_idx,
+                systems["transformer"][head],
+                thresholds["transformer"],
+                faithfulness_samples,
+                seed,
+            )
         report[head] = head_report
     report["verdict"] = verdict(report)
     return report
+
+
+def _card_figures(
+    test_ds: Dataset,
+    test_idx: Array,
+    head: str,
+    model_labels: list[str],
+    systems: dict[str, dict[str, Array]],
+    thresholds: Array,
+    ddi: Array,
+) -> dict[str, Any]:
+    """The transformer's cards on the test samples, right by the head's window over the patient's later
+    encounters (all of the dataset's, so a subset of test samples still sees them), beside logistic
+    regression at the same card rate."""
+    short = "dx" if head == "diagnosis" else "med"
+    ds_labels = test_ds.diagnosis_labels if short == "dx" else test_ds.medication_labels
+    y = test_ds.label_matrix(short)
+    a = test_ds.arrays
+    window = cards.window_labels(a["sample_patient"], a["sample_time"], y, test_idx, cards.WINDOW_DAYS[head])
+    return cards.card_figures(
+        head,
+        systems["transformer"][head],
+        thresholds,
+        align_columns(window, ds_labels, model_labels),
+        align_columns(y[test_idx], ds_labels, model_labels),
+        {name: systems[name][head] for name in ("logistic_regression", WIDE_LR) if name in systems},
+        ddi if head == "medication" else None,
+    )
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +374,7 @@ def render_markdown(report: dict[str, Any], plot_path: Path | None = None) -> st
         lines.append("")
     for head in ("diagnosis", "medication"):
         section = report[head]
-        systems = [s for s in section if s != "paired_difference"]
+        systems = [s for s in section if s not in NOT_SYSTEMS]
         metrics = [m for m in section["transformer"] if m != "ci95"]
         lines += [f"## {head}", "", "| metric | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
         for m in metrics:
@@ -339,6 +391,10 @@ def render_markdown(report: dict[str, Any], plot_path: Path | None = None) -> st
             parts = [f"{k} {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in diffs.items()]
             lines.append(f"- {base}: " + "; ".join(parts))
         lines.append("")
+        if "cards" in section:
+            lines += cards.markdown(section["cards"])
+        if "faithfulness" in section:
+            lines += faithfulness.markdown(section["faithfulness"])
     if plot_path is not None:
         lines += [f"![macro-AUPRC with 95% CI]({plot_path.name})", ""]
     return "\n".join(lines)
@@ -352,7 +408,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, head in zip(axes, ("diagnosis", "medication"), strict=True):
-        systems = [s for s in report[head] if s != "paired_difference"]
+        systems = [s for s in report[head] if s not in NOT_SYSTEMS]
         vals = [report[head][s]["macro_auprc"] for s in systems]
         cis = [report[head][s]["ci95"]["macro_auprc"] for s in systems]
         err = np.abs(np.asarray([[v - c[0], c[1] - v] for v, c in zip(vals, cis, strict=True)]).T)
