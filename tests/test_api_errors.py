@@ -17,7 +17,7 @@ from cds_service.api.errors import ANSWERED, response_for
 from cds_service.api.main import create_app
 from cds_service.core.errors import AuthError, InvalidRequest, PrefetchUnavailable, UnknownService
 from cds_service.core.settings import Settings
-from cds_service.hooks.examples import hook_request, searchset
+from cds_service.hooks.examples import hook_request, prefetch_for, searchset
 from cds_service.services.answer import HookAnswerer, HookCall
 from cds_service.services.registry import SERVICES
 from tests.servers import FakeFhirServer
@@ -136,7 +136,70 @@ def test_an_unexpected_failure_is_an_empty_answer_never_a_5xx(
     body = hook_request("patient-view", "p1", PREFETCH)
     response = dev.post(DX, json=body)
     assert (response.status_code, response.json()) == (200, {"cards": []})
-    assert audit(tmp_path, body["hookInstance"])[1]["reasons"] == ["internal-error"]
+    assert audit(tmp_path, body["hookInstance"])[1]["reasons"][-1] == "internal-error"
+
+
+def test_a_failure_after_the_safety_cards_keeps_them(
+    dev: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the hostile-client campaign: the catch-all threw away safety cards already built (22 of 156
+    answers lost a major warfarin + aspirin warning). A later stage's failure now costs only its own cards."""
+    spec = SERVICES["treatment-recommendations-order-sign"]
+    real = spec.handler
+
+    async def fails_after_the_safety_cards(answerer: HookAnswerer, call: HookCall) -> None:
+        await real(answerer, call)
+        raise RuntimeError("a bug in a later stage")
+
+    monkeypatch.setitem(SERVICES, spec.id, dataclasses.replace(spec, handler=fails_after_the_safety_cards))
+    warfarin = {
+        "resourceType": "MedicationRequest",
+        "id": "w1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
+    }
+    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
+    body = hook_request(
+        "order-sign",
+        "p1",
+        prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin]),
+        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
+    )
+    response = dev.post(f"/cds-services/{spec.id}", json=body)
+    assert response.status_code == 200
+    assert [c["summary"].split(":")[0] for c in response.json()["cards"]] == ["Major interaction"]
+    assert "internal-error" in audit(tmp_path, body["hookInstance"])[1]["reasons"]
+
+
+@pytest.mark.parametrize("key", ["medications", "allergies"])
+def test_a_malformed_bundle_keeps_the_other_checks_and_says_what_it_could_not_check(dev: TestClient, key: str) -> None:
+    """Found by the campaign: a Bundle whose `entry` is a number emptied the whole answer."""
+    warfarin = {
+        "resourceType": "MedicationRequest",
+        "id": "w1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
+    }
+    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
+    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin])
+    prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": 5}
+    body = hook_request(
+        "order-sign",
+        "p1",
+        prefetch,
+        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
+    )
+    response = dev.post("/cds-services/treatment-recommendations-order-sign", json=body)
+    assert response.status_code == 200
+    summaries = [c["summary"] for c in response.json()["cards"]]
+    checked = "Interaction check" if key == "medications" else "Allergy check"
+    assert any(s.startswith(f"{checked} covered part of the record") for s in summaries), summaries
+    if key == "allergies":  # the interaction with the active warfarin is still found
+        assert any(s.startswith("Major interaction") for s in summaries), summaries
 
 
 def test_missing_data_is_fetched_through_the_fhir_transport(dev: TestClient, fhir: FakeFhirServer) -> None:

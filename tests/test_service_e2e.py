@@ -271,7 +271,11 @@ SPEC_REQUESTS = sorted(
 
 _NO_CONDITIONS = "Prefetch data conditions missing and no fhirServer to fetch from"
 _NO_ORDER_DATA = "Prefetch data conditions, medications, allergies missing and no fhirServer to fetch from"
-_UNREACHABLE = "Prefetch data patient, conditions missing and the FHIR server could not provide it"
+# the spec's example fhirServer is plain http on a public host: the EHR's token is never sent there
+_UNREACHABLE = (
+    "Prefetch data patient, conditions missing and the fhirServer may not be called "
+    "(https required, or not in CDS_FHIR_ALLOWED_ORIGINS)"
+)
 # What each spec example gets, sent as `_spec_request` sends it (with the spec's prefetch example: "patient",
 # "hemoglobin-a1c" and "user", so none of the other data our services require; and no fhirServer):
 # (status, the field a 400's detail names first, or a 412's diagnostics). None gets a 200.
@@ -302,7 +306,7 @@ SPEC_EXAMPLE_ANSWERS: dict[str, tuple[int, str]] = {
     "hook-order-sign-r4.v1.0.1-no-bundle-type.json": (412, _NO_ORDER_DATA),
     "hook-order-sign-stu3.json": (412, _NO_ORDER_DATA),
     # a whole request, sent as is: its prefetch holds only "patientToGreet", and its fhirServer (the spec's)
-    # answers 503 here
+    # is plain http, so it is not called
     "request-patient-view.json": (412, _UNREACHABLE),
     # patient-view without the required context.patientId (a known non-conformance of the spec's example)
     "request-with-extension.json": (400, "context.patientId"),

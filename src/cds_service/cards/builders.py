@@ -241,6 +241,19 @@ CHECKS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+def partial_list_card(check: str, key: str, origin: str, card_url: str | None = None) -> Card:
+    """What the physician is told when the data a safety check reads arrived incomplete (a malformed Bundle,
+    a search the EHR sent only in part, a fetch that failed): the check ran on what arrived, and says so."""
+    topic, name, against, kind = CHECKS[check]
+    what = "could not be read" if origin == "missing" else "arrived incomplete"
+    head = f"{name} covered part of the record: the {kind} list {what}"
+    detail = (
+        f"The {kind} list (`{md(key)}`) {what}, so the draft orders were checked for {against} only against "
+        f"what arrived. A {kind} that is not in it was **not checked**. Review the full {kind} list before signing."
+    )
+    return Card(summary=summary(head), detail=detail, indicator="warning", source=source(topic, None, card_url))
+
+
 def unchecked_card(check: str, failed: bool, unreadable: int, card_url: str | None = None) -> Card:
     """What a safety check that did not finish tells the physician, so that its silence is never read as
     "nothing found": `failed`, it could not run at all; else it could not read `unreadable` records."""

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, description="Embedded development mode: JWT verification off (loudly).")
     deadline_ms: int = Field(450, description="Per-request time budget; cards not ready by then are dropped.")
     fhir_timeout_ms: int = Field(300, description="Budget for fetching missing data from the EHR's FHIR server.")
+    fhir_max_bytes: int = Field(20_000_000, ge=1, description="Largest FHIR response body read (streamed, then cut).")
+    fhir_max_requests: int = Field(32, ge=1, description="Most FHIR requests one hook call may send.")
+    fhir_allowed_origins: list[str] = Field(
+        [],
+        description="FHIR server origins (scheme://host[:port]) the service may call with the EHR's token; empty: "
+        "any https origin (and, in development mode, http on loopback). Set it in production.",
+    )
     max_body_bytes: int = Field(20_000_000, description="Larger request bodies are refused with 413.")
     max_cards: int = Field(3, description="Most model cards per response (safety cards are never capped).")
     min_card_probability: float = Field(0.2, description="Model suggestions below this are never shown.")

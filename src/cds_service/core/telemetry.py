@@ -19,6 +19,7 @@ WITHHELD = Counter(
     "Model suggestions not shown, by the trust gate that withheld them",
     ["service", "reason"],
 )
+FHIR_REFUSED = Counter("cds_fhir_server_refused_total", "fhirServer URLs not called (not https or not allowed)")
 FALLBACKS = Counter("cds_backend_fallbacks_total", "Scoring that fell back from the configured backend", ["reason"])
 HOOK_ERRORS = Counter("cds_hook_errors_total", "Hook requests answered with an error status", ["service", "status"])
 MODEL_SECONDS = Histogram("cds_model_seconds", "Model work per request, by stage", ["stage"], buckets=LATENCY_BUCKETS)

@@ -10,8 +10,11 @@ log = logging.getLogger(__name__)
 
 def entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     """Resources of a Bundle's entries, skipping malformed entries and OperationOutcome search notes."""
-    out = []
-    for entry in bundle.get("entry") or []:
+    out: list[dict[str, Any]] = []
+    raw = bundle.get("entry")
+    if not isinstance(raw, list):  # absent, or malformed (a number, an object): no resources, never a crash
+        return out
+    for entry in raw:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
             search = entry.get("search")

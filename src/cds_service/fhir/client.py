@@ -1,11 +1,18 @@
-"""Reads from the EHR's FHIR server: bearer token, timeouts, Bundle pagination.
+"""Reads from the EHR's FHIR server: bearer token, one total budget, Bundle pagination.
 
 The access token is sent only to the `fhirServer` the hook named (never to a `next` link on another
 origin) and is never logged. Every failure is a `FhirFetchError` whose message has no PHI and no token.
+
+A hostile or broken server costs at most the budget: each request runs under the hook's deadline as a whole
+(connect, headers, every chunk of the body: `asyncio.timeout`, not httpx's per-phase timeouts, which a server
+trickling a byte at a time resets forever), bodies are streamed and cut at `max_bytes`, and one hook call
+sends at most `max_requests` requests, all pages included.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -27,11 +34,22 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 class FhirClient:
-    def __init__(self, base_url: str, access_token: str | None, client: httpx.AsyncClient, max_pages: int = 20) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str | None,
+        client: httpx.AsyncClient,
+        max_pages: int = 20,
+        max_bytes: int = 20_000_000,
+        max_requests: int = 32,
+    ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self._token = access_token
         self._client = client
         self.max_pages = max_pages
+        self.max_bytes = max_bytes
+        self.max_requests = max_requests
+        self.requests = 0  # sent so far by this client (one per hook call)
 
     def _headers(self, url: str) -> dict[str, str]:
         headers = {"Accept": FHIR_JSON}
@@ -39,20 +57,37 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
+    async def _body(self, url: str, remaining: float) -> bytes:
+        async with self._client.stream("GET", url, headers=self._headers(url), timeout=remaining) as response:
+            if response.status_code != 200:
+                raise FhirFetchError(f"FHIR server answered {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise FhirFetchError(f"FHIR response larger than {self.max_bytes} bytes")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise FhirFetchError(f"FHIR response larger than {self.max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
     async def _get(self, url: str, deadline: float) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FhirFetchError("time budget spent before the FHIR request")
+        if self.requests >= self.max_requests:
+            raise FhirFetchError(f"more than {self.max_requests} FHIR requests for one hook call")
+        self.requests += 1
         try:
-            response = await self._client.get(url, headers=self._headers(url), timeout=remaining)
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(remaining):  # the whole exchange, however the server paces it
+                raw = await self._body(url, remaining)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise FhirFetchError("FHIR server timed out") from exc
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
-        if response.status_code != 200:
-            raise FhirFetchError(f"FHIR server answered {response.status_code}")
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError as exc:
             raise FhirFetchError("FHIR server sent a body that is not JSON") from exc
         if not isinstance(body, dict) or "resourceType" not in body:

@@ -108,6 +108,9 @@ async def _all_pages(
     key: str, bundle: dict[str, Any], client: FhirClient | None, deadline: float
 ) -> tuple[str, list[Any]]:
     """A prefetched Bundle's resources, with its further pages when it has them and we can fetch them."""
+    if "entry" in bundle and not isinstance(bundle["entry"], list):
+        log.warning("prefetch %s: Bundle.entry is not a list; answering without it", key)
+        return "partial", []
     if next_link(bundle) is None:
         return "prefetch", entries(bundle)
     if client is None:
@@ -181,7 +184,12 @@ async def gather(
         data.resources.extend(r for r in found if isinstance(r, dict))
     missing = [k for k in required if data.origin[k] == "missing"]
     if missing:
-        reason = "no fhirServer to fetch from" if client is None else "the FHIR server could not provide it"
+        if client is not None:
+            reason = "the FHIR server could not provide it"
+        elif request.fhirServer:
+            reason = "the fhirServer may not be called (https required, or not in CDS_FHIR_ALLOWED_ORIGINS)"
+        else:
+            reason = "no fhirServer to fetch from"
         raise PrefetchUnavailable(missing, reason)
     if data.degraded:
         log.warning("answering with incomplete data: %s", ", ".join(data.degraded))

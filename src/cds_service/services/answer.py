@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from cds_service.core.telemetry import (
     CACHE_LOOKUPS,
     DEADLINE_MISSES,
     DEGRADED,
+    FHIR_REFUSED,
     MODEL_SECONDS,
     PRECOMPUTED,
     WITHHELD,
@@ -87,6 +89,19 @@ class HookCall:
         DEGRADED.labels(service=self.service.id, reason=label or reason).inc()
 
 
+def fhir_server_allowed(url: str, settings: Settings) -> bool:
+    """Whether the service may send the EHR's token to `url`: on the allow-list when one is set, else any
+    https origin; plain http only in development mode and only on loopback."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    if settings.fhir_allowed_origins:
+        return origin in {o.rstrip("/").lower() for o in settings.fhir_allowed_origins}
+    if parts.scheme == "https":
+        return True
+    loopback = (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+    return parts.scheme == "http" and settings.dev_mode and loopback
+
+
 class HookAnswerer:
     """Answers hook calls for any service; built once per process around the shared backend and cache."""
 
@@ -114,16 +129,39 @@ class HookAnswerer:
         call.lap("data")
         for key in data.degraded:
             call.degrade(f"data-{data.origin[key]}:{key}", f"data-{data.origin[key]}")
-        await service.handler(self, call)
+        try:
+            await service.handler(self, call)
+        except Exception as exc:  # keep what is already built: a late failure costs only the cards after it
+            call.degrade("internal-error")
+            where = exc.__traceback__.tb_frame.f_code.co_name if exc.__traceback__ else "?"
+            log.error(
+                "%s: unexpected %s in %s; answering with the %d card(s) built before it",
+                service.id,
+                type(exc).__name__,
+                where,
+                len(call.answer.cards),
+            )
         call.answer.timings_ms["total"] = (time.monotonic() - started) * 1e3
         return call.answer
 
     def _fhir_client(self, request: HookRequest) -> FhirClient | None:
-        """A client for the hook's `fhirServer` with its token; None when the EHR offered none."""
+        """A client for the hook's `fhirServer` with its token; None when the EHR offered none, or one we
+        may not call with a token (`fhir_server_allowed`: refused, counted and logged; the prefetch stands)."""
         if not request.fhirServer:
             return None
+        if not fhir_server_allowed(str(request.fhirServer), self.settings):
+            FHIR_REFUSED.inc()
+            log.warning("fhirServer refused (not https, or not on CDS_FHIR_ALLOWED_ORIGINS); using the prefetch only")
+            return None
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        return FhirClient(request.fhirServer, token, self.http)
+        settings = self.settings
+        return FhirClient(
+            request.fhirServer,
+            token,
+            self.http,
+            max_bytes=settings.fhir_max_bytes,
+            max_requests=settings.fhir_max_requests,
+        )
 
     async def score(self, call: HookCall, job: ScoringJob) -> ScoringResult | None:
         """The model's result for `job` (cached or computed in time), or None with the reason recorded."""

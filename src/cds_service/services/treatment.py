@@ -24,6 +24,7 @@ from cds_service.cards.builders import (
     allergy_card,
     duplicate_card,
     interaction_card,
+    partial_list_card,
     unchecked_card,
     unknown_drug_card,
 )
@@ -49,6 +50,8 @@ from cds_service.services.answer import HookAnswerer, HookCall
 log = logging.getLogger(__name__)
 MEDICATION_CANDIDATES = 4  # scored and explained per patient; the drafts then filter them
 MOST_RECOMMENDATIONS = 2  # medication cards next to the safety cards (and never above max_cards)
+# The prefetch key each safety check reads (the first check names the card when the key arrived incomplete).
+DATA_OF_CHECKS = {"medications": ("interactions", "duplicates"), "allergies": ("allergies",)}
 
 
 def medication_job(context: PatientContext, data: PatientData, settings: Settings) -> ScoringJob:
@@ -185,6 +188,12 @@ async def check_orders(answerer: HookAnswerer, call: HookCall) -> None:
             if check in safety.incomplete:
                 failed = check in safety.failed
                 call.answer.cards.append(unchecked_card(check, failed, safety.unreadable.get(check, 0), url))
+        for key, checks in DATA_OF_CHECKS.items():  # data that arrived incomplete: the checks ran on part of it
+            origin = call.data.origin.get(key)
+            if origin in ("partial", "missing"):
+                call.unchecked |= set(checks)
+                card = partial_list_card(checks[0], key, origin, url)
+                call.answer.cards.append(card)
     try:
         result = await answerer.score(call, medication_job(context, call.data, answerer.settings))
         if result is not None:
