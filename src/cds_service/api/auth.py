@@ -9,6 +9,7 @@ whose reason is logged and counted; the client only ever sees a bare 401.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -24,7 +25,7 @@ from joserfc.jwk import KeySet
 
 from cds_service.core.errors import AuthError
 from cds_service.core.settings import Settings
-from cds_service.core.telemetry import AUTH_FAILURES
+from cds_service.core.telemetry import AUTH_FAILURES, REPLAY_CACHE_FALLBACKS
 
 log = logging.getLogger(__name__)
 JWKS_TTL_S = 300
@@ -42,18 +43,32 @@ def _unverified_part(token: str, index: int) -> dict[str, Any]:
 
 
 class ReplayCache:
-    """`jti` values seen, until their token expires: Redis (shared by all replicas) or in process."""
+    """`jti` values seen, until their token expires: Redis (shared by all replicas) and this process.
+
+    Every `jti` is also remembered in process, so a replay to the same process is caught even when Redis lost
+    it (a restart without persistence). Redis calls have a short timeout and a circuit breaker: after a
+    failure Redis is not asked again for `BREAKER_S`, and the local record decides alone. The trade-off,
+    documented in README (Security): while Redis is down, a token replayed to *another* replica within its
+    lifetime is not caught; the alternative, refusing every call, would block the EHR on our dependency.
+    """
+
+    REDIS_TIMEOUT_S = 0.1
+    BREAKER_S = 5.0
 
     def __init__(self, redis_url: str | None) -> None:
         self._url = redis_url
-        self._redis = aioredis.from_url(redis_url) if redis_url else None
+        self._redis = self._connect()
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._redis_down_until = 0.0
 
-    async def first_use(self, key: str, ttl_s: int) -> bool:
-        ttl_s = max(ttl_s, 1)
-        if self._redis is not None:
-            return bool(await self._redis.set(f"cds:jti:{key}", b"1", nx=True, ex=ttl_s))
+    def _connect(self) -> aioredis.Redis | None:
+        if not self._url:
+            return None
+        timeout = self.REDIS_TIMEOUT_S
+        return aioredis.from_url(self._url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def _first_local(self, key: str, ttl_s: int) -> bool:
         now = time.time()
         with self._lock:
             if len(self._seen) > 100_000:
@@ -63,10 +78,32 @@ class ReplayCache:
             self._seen[key] = now + ttl_s
             return True
 
+    async def first_use(self, key: str, ttl_s: int) -> bool:
+        ttl_s = max(ttl_s, 1)
+        local = self._first_local(key, ttl_s)
+        if self._redis is None or time.monotonic() < self._redis_down_until:
+            return local
+        try:
+            async with asyncio.timeout(2 * self.REDIS_TIMEOUT_S):
+                shared = bool(await self._redis.set(f"cds:jti:{key}", b"1", nx=True, ex=ttl_s))
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+            self._redis_down_until = time.monotonic() + self.BREAKER_S
+            REPLAY_CACHE_FALLBACKS.inc()
+            log.warning("replay cache: Redis unavailable (%s); checking jti in process for now", type(exc).__name__)
+            return local
+        return local and shared
+
+    @property
+    def redis_state(self) -> str:
+        """For /readyz: "none" (not configured), "up", or "down" (the breaker is open)."""
+        if self._redis is None:
+            return "none"
+        return "down" if time.monotonic() < self._redis_down_until else "up"
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
-            self._redis = aioredis.from_url(self._url) if self._url else None  # usable again on a new loop
+            self._redis = self._connect()  # usable again on a new loop
 
 
 class JwtVerifier:

@@ -23,6 +23,7 @@ from cds_service.services.answer import HookAnswerer
 from cds_service.services.registry import service_named
 from cds_service.services.spec import ServiceSpec
 from cds_service.storage.db import Store
+from cds_service.storage.spool import AuditWriter
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Resources:
     store: Store
     answerer: HookAnswerer
     verifier: JwtVerifier
+    audit: AuditWriter
 
 
 def _resources(request: Request) -> Resources:
@@ -56,6 +58,10 @@ def _store(resources: ResourcesDep) -> Store:
     return resources.store
 
 
+def _audit(resources: ResourcesDep) -> AuditWriter:
+    return resources.audit
+
+
 def _answerer(resources: ResourcesDep) -> HookAnswerer:
     return resources.answerer
 
@@ -67,6 +73,7 @@ def _verifier(resources: ResourcesDep) -> JwtVerifier:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BackendDep = Annotated[InferenceBackend | None, Depends(_backend)]
 StoreDep = Annotated[Store, Depends(_store)]
+AuditDep = Annotated[AuditWriter, Depends(_audit)]
 AnswererDep = Annotated[HookAnswerer, Depends(_answerer)]
 VerifierDep = Annotated[JwtVerifier, Depends(_verifier)]
 ReceivedDep = Annotated[float | None, Depends(received_at)]

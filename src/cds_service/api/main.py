@@ -8,6 +8,7 @@ Routes live in `api.routes`, one module per resource; the status codes they answ
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from cds_service.runtime import load_backend
 from cds_service.services.answer import HookAnswerer
 from cds_service.serving.cache import ScoreCache
 from cds_service.storage.db import Store, make_engine, migrate
+from cds_service.storage.spool import AuditWriter
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,17 @@ async def _start(
     stack.push_async_callback(replay.close)
     cache = ScoreCache(settings.redis_url, settings.cache_ttl_s)
     stack.push_async_callback(cache.close)
+    store = Store(engine)
+    audit = AuditWriter(store, settings.data_dir, settings.db_timeout_ms / 1000)
+    if audit.spooled():  # records spooled before a restart go in first
+        await run_in_threadpool(audit.replay)
+    replayer = asyncio.get_running_loop().create_task(audit.replay_forever())
+    stack.callback(replayer.cancel)
     return Resources(
         settings=settings,
         backend=scoring,
-        store=Store(engine),
+        store=store,
         answerer=HookAnswerer(settings, scoring, fhir_http, cache),
         verifier=JwtVerifier(settings, auth_http, replay),
+        audit=audit,
     )

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, description="Threads for in-process inference (default: torch's).")
     cors_origins: list[str] = Field(["*"], description="Browser origins allowed to call the service.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    db_timeout_ms: int = Field(
+        250, ge=1, description="Longest wait for an audit write; past it the record goes to the local spool."
+    )
 
     # trust
     jwt_issuers: dict[str, str] = Field(

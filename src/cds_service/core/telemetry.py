@@ -20,6 +20,10 @@ WITHHELD = Counter(
     ["service", "reason"],
 )
 FHIR_REFUSED = Counter("cds_fhir_server_refused_total", "fhirServer URLs not called (not https or not allowed)")
+AUDIT_SPOOLED = Counter("cds_audit_spooled_total", "Audit records written to the local spool (database unavailable)")
+REPLAY_CACHE_FALLBACKS = Counter(
+    "cds_replay_cache_fallbacks_total", "JWT replay checks answered in process because Redis was unavailable"
+)
 FALLBACKS = Counter("cds_backend_fallbacks_total", "Scoring that fell back from the configured backend", ["reason"])
 HOOK_ERRORS = Counter("cds_hook_errors_total", "Hook requests answered with an error status", ["service", "status"])
 MODEL_SECONDS = Histogram("cds_model_seconds", "Model work per request, by stage", ["stage"], buckets=LATENCY_BUCKETS)

@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -43,7 +43,15 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A hung or unreachable server must cost seconds, not minutes: libpq gives up connecting after
+    # `connect_timeout` and on unacknowledged writes after `tcp_user_timeout`; the pool waits `pool_timeout`.
+    # (The audit path waits far less: `storage.spool` bounds each write and spools past CDS_DB_TIMEOUT_MS.)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=2,
+        connect_args={"connect_timeout": 2, "tcp_user_timeout": 2000, "keepalives_idle": 5, "keepalives_interval": 2},
+    )
 
 
 def migrate(engine: Engine) -> None:
@@ -54,14 +62,38 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def clamp_to_columns(values: dict[str, Any]) -> dict[str, Any]:
+    """Client-supplied strings cut to their column's length: an over-long id must cost its tail, never the
+    audit record (over-long ids gave 500s or skipped rows)."""
+    out = dict(values)
+    for column in AuditRecord.__table__.columns:
+        limit = getattr(column.type, "length", None)
+        value = out.get(column.name)
+        if limit and isinstance(value, str) and len(value) > limit:
+            out[column.name] = value[:limit]
+    return out
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     def write_audit(self, **values: Any) -> None:
+        """Insert one audit record; one whose `record_id` is stored already is skipped (spool replays)."""
+        values = clamp_to_columns(values)
         with Session(self.engine) as session, session.begin():
-            session.add(AuditRecord(**values))
+            if values.get("record_id"):
+                statement = (
+                    self._insert(AuditRecord).values(**values).on_conflict_do_nothing(index_elements=["record_id"])
+                )
+                session.execute(statement)
+            else:
+                session.add(AuditRecord(**values))
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def _known_cards(self, session: Session, service: str, card_ids: set[str]) -> set[str]:
         known: set[str] = set()

@@ -19,6 +19,8 @@ class AuditRecord(Base):
     __tablename__ = "audit_record"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Ours, one per answer: a record replayed from the local spool is stored once (migration 0002).
+    record_id: Mapped[str | None] = mapped_column(String(36), unique=True, index=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     service: Mapped[str] = mapped_column(String(100), index=True)
     hook: Mapped[str] = mapped_column(String(100))

@@ -11,21 +11,21 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
-from cds_service.api.deps import AnswererDep, AuthorizedService, ReceivedDep, StoreDep
+from cds_service.api.deps import AnswererDep, AuditDep, AuthorizedService, ReceivedDep
 from cds_service.api.errors import response_for
 from cds_service.core.errors import InvalidRequest, PrefetchUnavailable
 from cds_service.core.telemetry import CARDS_RETURNED, HOOK_ERRORS, REQUEST_LATENCY
 from cds_service.hooks.wire import CdsResponse, HookRequest, dump
 from cds_service.services.answer import HookAnswer, HookAnswerer
 from cds_service.services.spec import ServiceSpec
-from cds_service.storage.db import Store
+from cds_service.storage.spool import AuditWriter
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["CDS Hooks"])
@@ -47,7 +47,7 @@ async def call_service(
     service: AuthorizedService,
     payload: HookRequest,
     answerer: AnswererDep,
-    store: StoreDep,
+    audit: AuditDep,
     received: ReceivedDep,
 ) -> Response:
     started = time.perf_counter()
@@ -57,7 +57,7 @@ async def call_service(
     status, response, answer = await _answer(answerer, service, payload, received)
     elapsed = time.perf_counter() - started
     REQUEST_LATENCY.labels(service=service.id, hook=payload.hook).observe(elapsed)
-    await _audit(store, service, payload, status, answer)
+    await _audit(audit, service, payload, status, answer)
     log.info(
         "%s %s hookInstance=%s status=%d cards=%d outcome=%s %.0f ms",
         service.id,
@@ -100,6 +100,7 @@ def _log_unexpected(service: ServiceSpec, exc: Exception) -> None:
 def audit_record(service: ServiceSpec, payload: HookRequest, status: int, answer: HookAnswer) -> dict[str, Any]:
     """The audit row of one call: ids, versions, outcome and timings; no clinical content."""
     return {
+        "record_id": str(uuid.uuid4()),
         "service": service.id,
         "hook": payload.hook,
         "hook_instance": payload.hookInstance,
@@ -118,8 +119,11 @@ def audit_record(service: ServiceSpec, payload: HookRequest, status: int, answer
     }
 
 
-async def _audit(store: Store, service: ServiceSpec, payload: HookRequest, status: int, answer: HookAnswer) -> None:
+async def _audit(
+    audit: AuditWriter, service: ServiceSpec, payload: HookRequest, status: int, answer: HookAnswer
+) -> None:
+    """Into the database within its timeout, else into the local spool (`storage.spool`)."""
     try:
-        await run_in_threadpool(store.write_audit, **audit_record(service, payload, status, answer))
-    except Exception as exc:  # the answer still goes out; the failure is loud
+        await audit.write(audit_record(service, payload, status, answer))
+    except Exception as exc:  # the spool itself failed (disk): the answer still goes out; the failure is loud
         log.error("audit record NOT written for hookInstance=%s: %s", payload.hookInstance, type(exc).__name__)

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cds_service.api.deps import BackendDep, SettingsDep
+from cds_service.api.deps import BackendDep, ResourcesDep, SettingsDep
 
 router = APIRouter(tags=["operations"])
 
@@ -21,12 +21,21 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(backend: BackendDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(backend: BackendDep, settings: SettingsDep, resources: ResourcesDep) -> JSONResponse:
+    """Each dependency's state: a failing database or Redis degrades the service (audit records spool
+    locally, replay checks run in process) but never takes it out of rotation."""
     model = backend.model_version if backend is not None else None
+    database = resources.audit.database_state
+    redis = resources.verifier.replay.redis_state
+    degraded = [name for name, state in (("database", database), ("redis", redis)) if state == "down"]
+    status = "ready" if model and not degraded else "degraded"
     body = {
-        "status": "ready" if model else "degraded (no model: safety cards only)",
-        "model": model,
+        "status": status,
+        "model": model or "none (safety cards only)",
         "auth": "jwt" if settings.auth_enabled else "OFF (dev mode)",
+        "database": database,
+        "audit_spooled": resources.audit.spooled(),
+        "redis": redis,
     }
     return JSONResponse(body)
 

@@ -1,0 +1,210 @@
+"""Failing and hanging dependencies cost a bounded few hundred milliseconds, never an answer, a safety card
+or an audit record (hardening issue). Real processes: a private PostgreSQL cluster and a private Redis,
+started by the test and paused with SIGSTOP (a hung server: it accepts nothing, answers nothing).
+
+Found by the fault campaign and fixed: a hung database blocked every hook answer (3 of 3 over 8 s) and the
+audit rows of hooks answered while it was down were lost for good (10 of 10); with JWT on, a Redis outage
+turned 151 of 151 hook calls into 500s (the replay cache) and a hung Redis cost 5 s per call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from cds_service.api.main import create_app
+from cds_service.core.settings import Settings
+from cds_service.hooks.examples import hook_request, prefetch_for
+from tests.servers import free_port
+from tests.test_auth import ISS, JWKS, claims, sign
+
+pytestmark = pytest.mark.slow
+SERVICE = "treatment-recommendations-order-sign"
+PUBLIC = "https://cds.example.org"
+BUDGET_S = 2.0  # the deadline (450 ms) plus the dependency timeouts, with room for a loaded CI machine
+
+
+def order_sign_body() -> dict[str, Any]:
+    warfarin = {
+        "resourceType": "MedicationRequest",
+        "id": "w1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
+    }
+    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
+    return hook_request(
+        "order-sign",
+        "p1",
+        prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin]),
+        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
+    )
+
+
+def family(pid: int) -> list[int]:
+    """The server and its child processes (PostgreSQL's backends each run in their own session)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # the parent pid
+                children.append(int(entry.name))
+    return [pid, *children]
+
+
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP the server and its workers (a hung server: it accepts nothing and answers nothing), SIGCONT on
+    the way out, whatever happens."""
+    stopped = family(pid)
+    for member in stopped:
+        os.kill(member, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for member in stopped:
+            os.kill(member, signal.SIGCONT)
+
+
+@pytest.fixture()
+def postgres() -> Iterator[tuple[str, int]]:
+    """A private PostgreSQL cluster (as the `postgres` user, which the server requires), trust auth; its
+    directory outside pytest's (root-only) tmp so that user can reach it."""
+    data = Path(tempfile.mkdtemp(prefix="cds-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    # Run as that user directly (`user=`): `runuser` stops itself when its child is stopped, and stays stopped.
+    subprocess.run(["initdb", "-A", "trust", "-U", "postgres", "-D", str(data)], check=True, capture_output=True,
+                   user="postgres", cwd=data)  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        ["postgres", "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        user="postgres",
+        cwd=data,
+    )
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    for _ in range(100):
+        try:
+            with engine.connect():
+                break
+        except Exception:
+            time.sleep(0.1)
+    engine.dispose()
+    postmaster = server.pid
+    try:
+        yield url, postmaster
+    finally:
+        for member in family(postmaster):
+            os.kill(member, signal.SIGCONT)
+        subprocess.run(["pg_ctl", "-D", str(data), "stop", "-m", "immediate"], capture_output=True, user="postgres")
+        server.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture()
+def redis() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    time.sleep(0.3)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", server.pid
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.kill()
+        server.wait(timeout=10)
+
+
+def audit_rows(url: str) -> list[tuple[str, str]]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as db:
+        rows = db.execute(text("SELECT hook_instance, record_id FROM audit_record")).all()
+    engine.dispose()
+    return [(str(h), str(r)) for h, r in rows]
+
+
+def timed_post(client: TestClient, body: dict[str, Any], **kw: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    response = client.post(f"/cds-services/{SERVICE}", json=body, **kw)
+    return response, time.monotonic() - started
+
+
+def test_a_hung_database_costs_each_answer_its_timeout_and_loses_no_audit_record(
+    postgres: tuple[str, int], tmp_path: Path
+) -> None:
+    url, server = postgres
+    settings = Settings(dev_mode=True, data_dir=tmp_path / "data", database_url=url, db_timeout_ms=250)
+    sent: list[str] = []
+    with TestClient(create_app(settings, backend=None)) as client:
+        for _ in range(3):
+            body = order_sign_body()
+            response, _ = timed_post(client, body)
+            assert response.status_code == 200
+            sent.append(body["hookInstance"])
+        with paused(server):
+            for _ in range(10):
+                body = order_sign_body()
+                response, elapsed = timed_post(client, body)
+                assert response.status_code == 200 and elapsed < BUDGET_S, elapsed
+                assert response.json()["cards"][0]["summary"].startswith("Major interaction")  # safety intact
+                sent.append(body["hookInstance"])
+            ready = client.get("/readyz").json()
+            assert ready["database"] == "down" and ready["audit_spooled"] >= 10
+        audit = client.app.state.cds.audit  # type: ignore[attr-defined]
+        for _ in range(100):  # the background replayer, or the next write, brings the spool in
+            if not audit.spooled():
+                break
+            audit.replay()
+            time.sleep(0.1)
+    rows = audit_rows(url)
+    assert sorted(h for h, _ in rows) == sorted(sent)  # none lost, none twice
+    assert len({r for _, r in rows}) == len(rows)
+
+
+def test_a_hung_redis_costs_jwt_calls_milliseconds_and_replays_are_still_caught(
+    redis: tuple[str, int], tmp_path: Path
+) -> None:
+    url, server = redis
+    settings = Settings(data_dir=tmp_path, public_url=PUBLIC, jwt_jwks={ISS: JWKS}, redis_url=url)
+    audience = f"{PUBLIC}/cds-services/{SERVICE}"
+
+    def token() -> dict[str, str]:
+        return {"Authorization": sign(claims(aud=audience, jti=str(uuid.uuid4())))}
+
+    with TestClient(create_app(settings, backend=None)) as client:
+        response, _ = timed_post(client, order_sign_body(), headers=token())
+        assert response.status_code == 200
+        with paused(server):
+            reused = token()
+            for headers in [reused] + [token() for _ in range(9)]:
+                response, elapsed = timed_post(client, order_sign_body(), headers=headers)
+                assert response.status_code == 200 and elapsed < BUDGET_S, (response.status_code, elapsed)
+                assert response.json()["cards"][0]["summary"].startswith("Major interaction")
+            replayed, _ = timed_post(client, order_sign_body(), headers=reused)
+            assert replayed.status_code == 401  # the same process remembers the jti while Redis is away
+            assert client.get("/readyz").json()["redis"] == "down"
+        response, _ = timed_post(client, order_sign_body(), headers=token())
+        assert response.status_code == 200
