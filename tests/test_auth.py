@@ -104,8 +104,9 @@ def _tampered() -> str:
     ],
 )  # fmt: skip
 def test_bad_tokens_are_rejected(name: str, header: Any, reason: str, claim: str | None) -> None:
-    """Each is rejected for its own reason: the one logged, and (up to its parenthesis) the metric's label."""
-    label = reason.split(" (")[0]
+    """Each is rejected for its own reason: the one logged, and (up to its parenthesis or colon: never a value
+    the client chose) the metric's label."""
+    label = reason.split(" (")[0].split(":")[0]
     before = REGISTRY.get_sample_value("cds_auth_failures_total", {"reason": label}) or 0.0
     with pytest.raises(AuthError) as rejected:
         verify(verifier(), header())
@@ -186,3 +187,54 @@ def test_the_server_answers_a_bare_401(tmp_path: Path) -> None:
     assert rejected.status_code == 401 and rejected.content == b""
     assert accepted.status_code == 200
     assert ready["auth"] == "jwt"
+
+
+def test_a_token_for_the_hook_endpoint_is_refused_at_its_feedback_endpoint(tmp_path: Path) -> None:
+    """Found by the campaign: the feedback endpoint accepted a token whose `aud` was the hook endpoint."""
+    from fastapi.testclient import TestClient
+
+    from cds_service.api.main import create_app
+
+    base = "https://cds.example.org"
+    settings = Settings(data_dir=tmp_path, public_url=base, jwt_jwks={ISS: JWKS})
+    hook_aud = f"{base}/cds-services/diagnosis-suggestions"
+    feedback = {"feedback": []}
+    with TestClient(create_app(settings, backend=None)) as client:
+        url = "/cds-services/diagnosis-suggestions/feedback"
+        wrong = client.post(url, json=feedback, headers={"Authorization": sign(claims(aud=hook_aud))})
+        right = client.post(url, json=feedback, headers={"Authorization": sign(claims(aud=f"{hook_aud}/feedback"))})
+    assert wrong.status_code == 401
+    assert right.status_code != 401
+
+
+def test_a_client_chosen_alg_never_becomes_a_metric_series_or_a_forged_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the campaign: 3,000 requests with 3,000 `alg` values made 3,000 Prometheus series, and a
+    newline in `alg` forged a log line."""
+
+    def unsigned_with_alg(alg: str) -> str:
+        import base64
+        import json
+
+        def part(d: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+        return f"Bearer {part({'alg': alg, 'typ': 'JWT'})}.{part(claims())}.x"
+
+    v = verifier()
+    for alg in ("X1", "X2", "evil\nINFO cds_service: forged"):
+        with pytest.raises(AuthError):
+            verify(v, unsigned_with_alg(alg))
+    labels = {s.labels["reason"] for m in REGISTRY.collect() if m.name == "cds_auth_failures" for s in m.samples}
+    assert not any("X1" in label or "evil" in label for label in labels), labels
+    assert "algorithm not accepted" in labels
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_bearer_is_case_insensitive_and_a_long_lived_token_is_refused() -> None:
+    v = verifier(jwt_max_lifetime_s=600)
+    assert verify(v, "bearer " + sign(claims()).removeprefix("Bearer "))["iss"] == ISS
+    now = int(time.time())
+    with pytest.raises(AuthError, match="lifetime"):
+        verify(v, sign(claims(iat=now, exp=now + 86_400)))

@@ -138,18 +138,22 @@ class JwtVerifier:
         try:
             return await self._verify(authorization, audiences)
         except AuthError as exc:
-            AUTH_FAILURES.labels(reason=str(exc).split(" (")[0][:60]).inc()
-            log.warning("JWT rejected: %s", exc)
+            # The label is the reason's fixed head only: a client-chosen value (an `alg`) must never become a
+            # metric series; the log line carries it ascii-escaped, so a newline cannot forge a line.
+            AUTH_FAILURES.labels(reason=str(exc).split(" (")[0].split(":")[0][:60]).inc()
+            log.warning("JWT rejected: %s", ascii(str(exc))[1:-1])
             raise
 
     async def _verify(self, authorization: str | None, audiences: list[str]) -> dict[str, Any]:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # RFC 6750: the scheme is case-insensitive
             raise AuthError("no bearer token")
-        token = authorization.removeprefix("Bearer ").strip()
+        token = token.strip()
         header = _unverified_part(token, 0)
         alg = header.get("alg")
         if alg not in self.settings.jwt_algorithms:
-            raise AuthError(f"algorithm not accepted: {str(alg)[:20]}")
+            shown = ascii(str(alg)[:20])[1:-1]  # escaped: a newline in `alg` must not forge a log line
+            raise AuthError(f"algorithm not accepted: {shown}")
         iss = _unverified_part(token, 1).get("iss")
         allowed = set(self.settings.jwt_issuers) | set(self.settings.jwt_jwks)
         if not isinstance(iss, str) or iss not in allowed:
@@ -178,6 +182,8 @@ class JwtVerifier:
             raise AuthError(f"claims invalid ({type(exc).__name__})") from exc
         if float(claims["iat"]) > time.time() + self.settings.jwt_leeway_s:
             raise AuthError("issued in the future")
+        if float(claims["exp"]) - float(claims["iat"]) > self.settings.jwt_max_lifetime_s:
+            raise AuthError("token lifetime longer than allowed")
         ttl = int(float(claims["exp"]) - time.time()) + self.settings.jwt_leeway_s
         if not await self.replay.first_use(f"{iss}:{claims['jti']}", ttl):
             raise AuthError("jti replayed")

@@ -85,9 +85,11 @@ async def _authorized_service(
     service = service_named(service_id)  # UnknownService: 404
     if not settings.auth_enabled:
         return service
-    # The token's `aud` is the endpoint called: the service's URL, or the feedback URL under it.
+    # The token's `aud` is exactly the endpoint called: the service's URL, or (feedback) the feedback URL
+    # under it; a token minted for one is refused at the other.
     base = settings.public_url.rstrip("/")
-    audiences = [f"{base}/cds-services/{service_id}", f"{base}{request.url.path}"]
+    suffix = "/feedback" if request.url.path.rstrip("/").endswith("/feedback") else ""
+    audiences = [f"{base}/cds-services/{service_id}{suffix}"]
     try:
         await verifier.verify(request.headers.get("authorization"), audiences)
     except AuthError:

@@ -26,6 +26,7 @@ from cds_service.api.limits import BodySizeLimit
 from cds_service.api.routes import discovery, feedback, hooks, ops
 from cds_service.api.timing import ArrivalStamp
 from cds_service.core.settings import Settings, get_settings
+from cds_service.core.telemetry import quiet_phi_loggers
 from cds_service.drugs.knowledge import load_knowledge
 from cds_service.ml.contract import InferenceBackend
 from cds_service.runtime import load_backend
@@ -55,6 +56,7 @@ def create_app(
 ) -> FastAPI:
     """`backend="load"` loads the configured model at start-up; pass a backend or None to inject one.
     `fhir_transport` carries the calls to EHRs' FHIR servers (tests hand in an `httpx.MockTransport`)."""
+    quiet_phi_loggers()
     settings = settings or get_settings()
     app = FastAPI(
         title="cds-service",

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     jwt_algorithms: list[str] = Field(["RS384", "ES384"], description="Accepted JWS algorithms (asymmetric only).")
     jwt_leeway_s: int = Field(60, description="Clock-skew leeway for exp/nbf/iat.")
+    jwt_max_lifetime_s: int = Field(
+        3600, ge=1, description="Longest token lifetime (exp - iat) accepted: a stolen long-lived token is refused."
+    )
     redis_url: str | None = Field(None, description="Redis: JWT replay cache, Celery broker and results, cache.")
 
     # scale-out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -33,3 +35,11 @@ BATCH_SIZE = Histogram("cds_worker_batch_size", "Jobs per worker forward pass", 
 QUEUE_WAIT = Histogram("cds_queue_wait_seconds", "Time a job waited in the queue", buckets=LATENCY_BUCKETS)
 CACHE_LOOKUPS = Counter("cds_score_cache_total", "Score cache lookups by hooks", ["result"])
 PRECOMPUTED = Counter("cds_precomputed_total", "Scores precomputed by patient-view for later order hooks")
+
+
+def quiet_phi_loggers() -> None:
+    """Libraries that log URLs or SQL parameters (patient ids in FHIR queries: 341 log lines in one campaign;
+    a clinician's comment inside a database error) log at WARNING and above only; our own messages never
+    carry them. Called when the app is built, so every way of serving it gets it."""
+    for name in ("httpx", "httpcore", "sqlalchemy.engine", "sqlalchemy.pool", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
