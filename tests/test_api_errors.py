@@ -208,3 +208,35 @@ def test_missing_data_is_fetched_through_the_fhir_transport(dev: TestClient, fhi
         response = dev.post(DX, json=hook_request("patient-view", "p1", None, fhir_server=FHIR))
     assert response.status_code == 200
     assert calls["Patient"] == 1 and calls["Condition"] == 1
+
+
+def test_a_deeply_nested_body_is_a_400_never_a_500(dev: TestClient) -> None:
+    """Found by the campaign: 10,000-deep feedback JSON gave a 500 (the validator's recursion)."""
+    deep = ('{"feedback": ' + "[" * 10_000 + "]" * 10_000 + "}").encode()
+    response = dev.post(f"{DX}/feedback", content=deep, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (400, {"detail": "body: JSON nested too deeply"})
+
+
+def test_another_patients_prefetched_record_is_never_read_as_this_ones(dev: TestClient, tmp_path: Path) -> None:
+    """Found by the campaign: the prefetched Patient was not checked against context.patientId. Another
+    patient's Patient resource is dropped (the key counts as partial); the safety checks still run."""
+    warfarin = {
+        "resourceType": "MedicationRequest",
+        "id": "m1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
+    }
+    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
+    other = {"resourceType": "Patient", "id": "someone-else", "birthDate": "1930-01-01"}
+    body = hook_request(
+        "order-sign",
+        "p1",
+        prefetch_for([other, warfarin]),
+        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
+    )
+    response = dev.post("/cds-services/treatment-recommendations-order-sign", json=body)
+    assert response.status_code == 200
+    assert any(c["summary"].startswith("Major interaction") for c in response.json()["cards"])
+    assert "data-partial:patient" in audit(tmp_path, body["hookInstance"])[1]["reasons"]

@@ -201,8 +201,10 @@ def test_the_service_answers_without_5xx_when_workers_die_and_redis_stops(
             return httpx.get(f"{server}/metrics").text
 
         healthy = call(bodies[0])
-        assert healthy.status_code == 200 and healthy.json()["cards"]  # scored by the worker
         before = metrics()
+        # scored by the worker (its forward timing reached our metrics); whether a card is shown is the trust
+        # gates' business (the first patient's record may be unfamiliar to the model)
+        assert healthy.status_code == 200 and metric_value(before, "cds_model_seconds_count", stage="forward") >= 1
         stop(worker)
         # Another patient: the first one's scores are now in the Redis score cache, and a cache hit would
         # answer without ever asking the (dead) worker.

@@ -83,6 +83,16 @@ def paused(pid: int) -> Iterator[None]:
             os.kill(member, signal.SIGCONT)
 
 
+def server_binary(name: str) -> str:
+    """A PostgreSQL or Redis server binary, also where CI's bare environment (`env -i`) has no PATH to it."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/local/bin:/usr/bin:/usr/lib/postgresql/15/bin")
+    if found is None:
+        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+            return str(candidate)
+        raise FileNotFoundError(f"{name}: install PostgreSQL and Redis (the fault tests start their own)")
+    return found
+
+
 @pytest.fixture()
 def postgres() -> Iterator[tuple[str, int]]:
     """A private PostgreSQL cluster (as the `postgres` user, which the server requires), trust auth; its
@@ -90,11 +100,11 @@ def postgres() -> Iterator[tuple[str, int]]:
     data = Path(tempfile.mkdtemp(prefix="cds-pg-"))
     shutil.chown(data, "postgres", "postgres")
     # Run as that user directly (`user=`): `runuser` stops itself when its child is stopped, and stays stopped.
-    subprocess.run(["initdb", "-A", "trust", "-U", "postgres", "-D", str(data)], check=True, capture_output=True,
-                   user="postgres", cwd=data)  # fmt: skip
+    initdb = [server_binary("initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)]
+    subprocess.run(initdb, check=True, capture_output=True, user="postgres", cwd=data)
     port = free_port()
     server = subprocess.Popen(
-        ["postgres", "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
+        [server_binary("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -116,7 +126,9 @@ def postgres() -> Iterator[tuple[str, int]]:
     finally:
         for member in family(postmaster):
             os.kill(member, signal.SIGCONT)
-        subprocess.run(["pg_ctl", "-D", str(data), "stop", "-m", "immediate"], capture_output=True, user="postgres")
+        subprocess.run(
+            [server_binary("pg_ctl"), "-D", str(data), "stop", "-m", "immediate"], capture_output=True, user="postgres"
+        )
         server.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
 
@@ -125,7 +137,7 @@ def postgres() -> Iterator[tuple[str, int]]:
 def redis() -> Iterator[tuple[str, int]]:
     port = free_port()
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [server_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )

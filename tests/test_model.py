@@ -297,7 +297,7 @@ def test_evaluation_report_and_verdict(evaluation_cohort: tuple[Path, Path], tmp
     predictor = Predictor(evaluation_cohort[1])
     train_idx, test_idx = split_samples(ds, ds, None, None, seed=3)
     cached = fit_baselines(ds, ds, train_idx, test_idx, seed=3)
-    report = evaluate(predictor, ds, ds, n_boot=5, seed=3, baselines=cached, faithfulness_samples=40)
+    report = evaluate(predictor, ds, ds, n_boot=5, seed=3, baselines=cached, faithfulness_samples=10)
     defined = 0
     for head, short in (("diagnosis", "dx"), ("medication", "med")):
         assert set(report[head]) >= {"transformer", "logistic_regression", "lightgbm", "prior", "paired_difference"}
@@ -328,7 +328,7 @@ def test_evaluation_report_and_verdict(evaluation_cohort: tuple[Path, Path], tmp
     assert isinstance(report["verdict"]["all_passed"], bool)
     assert all(isinstance(c["passed"], bool) for c in report["verdict"]["checks"].values())
     # the same seed without the cache refits identical baselines
-    again = evaluate(predictor, ds, ds, n_boot=5, seed=3, faithfulness_samples=40)
+    again = evaluate(predictor, ds, ds, n_boot=5, seed=3, faithfulness_samples=10)
     assert again["diagnosis"]["lightgbm"]["macro_auprc"] == report["diagnosis"]["lightgbm"]["macro_auprc"]
     write_report(report, tmp_path / "report.json")
     markdown = (tmp_path / "report.md").read_text()

@@ -76,8 +76,14 @@ async def _malformed(request: Request, exc: Exception) -> Response:
     return problem(400, field_message(exc))
 
 
+async def _too_deep(request: Request, exc: Exception) -> Response:
+    # A 10,000-deep JSON body exhausts the validator's recursion: it is a malformed request, never a 500.
+    return problem(400, "body: JSON nested too deeply")
+
+
 def install(app: FastAPI) -> None:
     """Register the table's handlers on `app`."""
     for kind in ANSWERED:
         app.add_exception_handler(kind, _answered)
     app.add_exception_handler(RequestValidationError, _malformed)
+    app.add_exception_handler(RecursionError, _too_deep)

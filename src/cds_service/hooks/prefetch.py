@@ -165,6 +165,16 @@ async def _one(
     return await _fetch(key, template, request.context, client, deadline)
 
 
+def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
+    """False for a prefetched Patient whose id is not the hook's `context.patientId` (another patient's record
+    must not be read as this one's: age, sex). References inside other resources are not compared: real
+    requests write them inconsistently (the HL7 PDDI CDS guide's own test requests name `Patient/patient-x`
+    in the context and `Patient/x` in every reference), and dropping them would drop the medication list."""
+    if not patient_id or resource.get("resourceType") != "Patient" or "id" not in resource:
+        return True
+    return str(resource["id"]).removeprefix("Patient/") == patient_id.removeprefix("Patient/")
+
+
 async def gather(
     templates: Mapping[str, str],
     required: Sequence[str],
@@ -179,9 +189,14 @@ async def gather(
     keys = list(templates)
     results = await asyncio.gather(*(_one(k, templates[k], request, client, deadline) for k in keys))
     data = PatientData()
+    patient_id = str(request.context.get("patientId", ""))
     for key, (origin, found) in zip(keys, results, strict=True):
+        mine = [r for r in found if isinstance(r, dict) and belongs_to(r, patient_id)]
+        if len(mine) < sum(isinstance(r, dict) for r in found):  # another patient's data: never mixed in
+            log.warning("prefetch %s: dropped a Patient that is not context.patientId", key)
+            origin = "partial" if origin != "missing" else origin
         data.origin[key] = origin
-        data.resources.extend(r for r in found if isinstance(r, dict))
+        data.resources.extend(mine)
     missing = [k for k in required if data.origin[k] == "missing"]
     if missing:
         if client is not None:

@@ -96,6 +96,7 @@ def run_jobs(
             results[i] = exc
             continue
         start = time.perf_counter()
+        scores.probabilities[jobs[i].head]  # an unknown head fails here, familiar record or not (KeyError)
         verdict = familiarity(scorer, measures, scores)
         # An unfamiliar record gets no findings: nothing to explain, and nothing a card could show.
         findings = (
