@@ -194,3 +194,35 @@ def test_patient_view_precomputes_the_job_the_order_hooks_then_read_from_the_cac
     assert [j.head for j in backend.jobs] == ["diagnosis", "medication"]  # the order hook did not score again
     assert "model_cached" in order.timings_ms
     assert topics(order) == ["drug-interaction", "medication-recommendation"]
+
+
+def test_the_cached_path_honours_the_deadline_and_counts_the_miss() -> None:
+    """Found by the campaign: on the cached path the deadline was not enforced, and cds_deadline_misses_total
+    stayed 0 while 2,000 answers were late at the client."""
+
+    class SlowCache(ScoreCache):
+        async def get(self, key: str) -> ScoringResult | None:
+            await asyncio.sleep(0.3)  # past the 100 ms deadline below
+            return await super().get(key)
+
+    def misses() -> float:
+        return REGISTRY.get_sample_value("cds_deadline_misses_total", {"service": "diagnosis-suggestions"}) or 0.0
+
+    async def visit() -> HookAnswer:
+        cache = SlowCache(None, 60)
+        backend = FakeBackend(FINDINGS)
+        async with httpx.AsyncClient() as http:
+            settings = Settings(dev_mode=True, data_dir=Path("unused"), deadline_ms=100)
+            answerer = HookAnswerer(settings, backend, http, cache)
+            job_answer = await HookAnswerer(
+                Settings(dev_mode=True, data_dir=Path("unused")), backend, http, cache
+            ).handle(
+                SERVICES["diagnosis-suggestions"], view_request()
+            )  # fills the cache (no deadline trouble: the default deadline is generous)
+            assert job_answer.cards
+            return await answerer.handle(SERVICES["diagnosis-suggestions"], view_request())
+
+    before = misses()
+    late = asyncio.run(visit())
+    assert late.cards == [] and "deadline" in late.reasons
+    assert misses() == before + 1

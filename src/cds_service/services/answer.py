@@ -171,6 +171,15 @@ class HookAnswerer:
             return None
         key = job_key(job, self.backend.model_version)
         result = await self._cached(call, key)
+        if result is not None and time.monotonic() > call.deadline:
+            # The cached path honours the deadline too: a hit that arrives late (a slow cache, a slow data
+            # step before it) is a miss of the deadline, counted, and the answer goes out with what is ready.
+            call.degrade("deadline")
+            DEADLINE_MISSES.labels(service=call.service.id).inc()
+            log.warning(
+                "%s: deadline passed by the cached scores' arrival; answering without model cards", call.service.id
+            )
+            return None
         if result is None:
             result = await self._computed(call, job)
             if result is None:
