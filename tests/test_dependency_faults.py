@@ -9,15 +9,9 @@ turned 151 of 151 hook calls into 500s (the replay cache) and a hung Redis cost 
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +22,7 @@ from sqlalchemy import create_engine, text
 from cds_service.api.main import create_app
 from cds_service.core.settings import Settings
 from cds_service.hooks.examples import hook_request, prefetch_for
-from tests.servers import free_port
+from tests import processes
 from tests.test_auth import ISS, JWKS, claims, sign
 
 pytestmark = pytest.mark.slow
@@ -55,99 +49,16 @@ def order_sign_body() -> dict[str, Any]:
     )
 
 
-def family(pid: int) -> list[int]:
-    """The server and its child processes (PostgreSQL's backends each run in their own session)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:  # the parent pid
-                children.append(int(entry.name))
-    return [pid, *children]
-
-
-@contextmanager
-def paused(pid: int) -> Iterator[None]:
-    """SIGSTOP the server and its workers (a hung server: it accepts nothing and answers nothing), SIGCONT on
-    the way out, whatever happens."""
-    stopped = family(pid)
-    for member in stopped:
-        os.kill(member, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for member in stopped:
-            os.kill(member, signal.SIGCONT)
-
-
-def server_binary(name: str) -> str:
-    """A PostgreSQL or Redis server binary, also where CI's bare environment (`env -i`) has no PATH to it."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/local/bin:/usr/bin:/usr/lib/postgresql/15/bin")
-    if found is None:
-        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
-            return str(candidate)
-        raise FileNotFoundError(f"{name}: install PostgreSQL and Redis (the fault tests start their own)")
-    return found
-
-
 @pytest.fixture()
 def postgres() -> Iterator[tuple[str, int]]:
-    """A private PostgreSQL cluster (as the `postgres` user, which the server requires), trust auth; its
-    directory outside pytest's (root-only) tmp so that user can reach it."""
-    data = Path(tempfile.mkdtemp(prefix="cds-pg-"))
-    shutil.chown(data, "postgres", "postgres")
-    # Run as that user directly (`user=`): `runuser` stops itself when its child is stopped, and stays stopped.
-    initdb = [server_binary("initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)]
-    subprocess.run(initdb, check=True, capture_output=True, user="postgres", cwd=data)
-    port = free_port()
-    server = subprocess.Popen(
-        [server_binary("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        user="postgres",
-        cwd=data,
-    )
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    for _ in range(100):
-        try:
-            with engine.connect():
-                break
-        except Exception:
-            time.sleep(0.1)
-    engine.dispose()
-    postmaster = server.pid
-    try:
-        yield url, postmaster
-    finally:
-        for member in family(postmaster):
-            os.kill(member, signal.SIGCONT)
-        subprocess.run(
-            [server_binary("pg_ctl"), "-D", str(data), "stop", "-m", "immediate"], capture_output=True, user="postgres"
-        )
-        server.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+    with processes.postgres() as server:
+        yield server
 
 
 @pytest.fixture()
 def redis() -> Iterator[tuple[str, int]]:
-    port = free_port()
-    server = subprocess.Popen(
-        [server_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    time.sleep(0.3)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", server.pid
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.kill()
-        server.wait(timeout=10)
+    with processes.redis() as server:
+        yield server
 
 
 def audit_rows(url: str) -> list[tuple[str, str]]:
@@ -176,7 +87,7 @@ def test_a_hung_database_costs_each_answer_its_timeout_and_loses_no_audit_record
             response, _ = timed_post(client, body)
             assert response.status_code == 200
             sent.append(body["hookInstance"])
-        with paused(server):
+        with processes.paused(server):
             for _ in range(10):
                 body = order_sign_body()
                 response, elapsed = timed_post(client, body)
@@ -185,6 +96,13 @@ def test_a_hung_database_costs_each_answer_its_timeout_and_loses_no_audit_record
                 sent.append(body["hookInstance"])
             ready = client.get("/readyz").json()
             assert ready["database"] == "down" and ready["audit_spooled"] >= 10
+            item = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-12-02T10:00:00Z"}
+            started = time.monotonic()
+            refused = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [item]})
+            assert refused.status_code == 503 and time.monotonic() - started < BUDGET_S  # never acknowledged
+        stored = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [item]})  # the EHR retries
+        again = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [item]})
+        assert (stored.json()["stored"], again.json()["stored"]) == (1, 0)  # once, however often it is sent
         audit = client.app.state.cds.audit  # type: ignore[attr-defined]
         for _ in range(100):  # the background replayer, or the next write, brings the spool in
             if not audit.spooled():
@@ -209,7 +127,7 @@ def test_a_hung_redis_costs_jwt_calls_milliseconds_and_replays_are_still_caught(
     with TestClient(create_app(settings, backend=None)) as client:
         response, _ = timed_post(client, order_sign_body(), headers=token())
         assert response.status_code == 200
-        with paused(server):
+        with processes.paused(server):
             reused = token()
             for headers in [reused] + [token() for _ in range(9)]:
                 response, elapsed = timed_post(client, order_sign_body(), headers=headers)

@@ -8,18 +8,22 @@ items were new.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from cds_service.api.deps import AuthorizedService, StoreDep
+from cds_service.api.deps import AuthorizedService, SettingsDep, StoreDep
 from cds_service.api.errors import field_message
 from cds_service.core.errors import InvalidRequest
 from cds_service.core.telemetry import FEEDBACK
 from cds_service.hooks.wire import FeedbackItem, FeedbackRequest
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["CDS Hooks"])
 
@@ -51,11 +55,24 @@ def feedback_items(body: bytes) -> list[FeedbackItem]:
         400: {"description": "Malformed feedback"},
         401: {"description": "JWT rejected"},
         404: {"description": "Unknown service"},
+        503: {"description": "Storage unavailable: nothing was acknowledged, send it again"},
     },
 )
-async def feedback(service: AuthorizedService, request: Request, store: StoreDep) -> JSONResponse:
+async def feedback(
+    service: AuthorizedService, request: Request, store: StoreDep, settings: SettingsDep
+) -> JSONResponse:
     items = feedback_items(await request.body())
-    new = await run_in_threadpool(store.store_feedback, service.id, items)
+    # Feedback is acknowledged only once stored: a failing or hung database answers 503 within a bounded
+    # wait, and the client's retry is harmless (storage is idempotent per card outcome).
+    try:
+        new = await asyncio.wait_for(
+            run_in_threadpool(store.store_feedback, service.id, items), max(1.0, 4 * settings.db_timeout_ms / 1000)
+        )
+    except Exception as exc:
+        log.error("%s: feedback not stored (%s); answered 503", service.id, type(exc).__name__)
+        return JSONResponse(
+            {"detail": "feedback storage unavailable; retry"}, status_code=503, headers={"Retry-After": "5"}
+        )
     for item in new:
         FEEDBACK.labels(service=service.id, outcome=item.outcome).inc()
     return JSONResponse({"received": len(items), "stored": len(new)})
