@@ -238,3 +238,33 @@ def test_bearer_is_case_insensitive_and_a_long_lived_token_is_refused() -> None:
     now = int(time.time())
     with pytest.raises(AuthError, match="lifetime"):
         verify(v, sign(claims(iat=now, exp=now + 86_400)))
+
+
+def test_an_unknown_kid_refetches_the_jwks_once_then_waits() -> None:
+    """Found by the campaign: a new key failed for up to 5 minutes (the JWKS cache) after an EHR rotated."""
+    import respx
+
+    url = "https://ehr.example.org/.well-known/jwks.json"
+    new = ECKey.generate_key("P-384", parameters={"kid": "rotated"})
+    served = {"keys": [EC.as_dict(private=False)]}
+
+    async def run() -> tuple[int, bool, bool]:
+        with respx.mock:
+            route = respx.get(url).mock(side_effect=lambda request: httpx.Response(200, json=served))
+            async with httpx.AsyncClient() as http:
+                v = JwtVerifier(Settings(jwt_issuers={ISS: url}), http, ReplayCache(None))
+                assert (await v.verify(sign(claims()), [AUD]))["iss"] == ISS  # first fetch
+                served["keys"].append(new.as_dict(private=False))  # the EHR rotates in a new key
+                rotated = await v.verify(sign(claims(), key=new), [AUD])  # unknown kid: refetched at once
+                unknown = ECKey.generate_key("P-384", parameters={"kid": "nobody"})
+                refused = False
+                for _ in range(5):  # unknown kids do not make us refetch every time
+                    try:
+                        await v.verify(sign(claims(), key=unknown), [AUD])
+                    except AuthError:
+                        refused = True
+                return route.call_count, rotated["iss"] == ISS, refused
+
+    calls, rotated, refused = asyncio.run(run())
+    assert rotated and refused
+    assert calls == 2  # the first fetch and one refresh for the rotated kid; none for the five unknown ones

@@ -29,6 +29,7 @@ from cds_service.core.telemetry import AUTH_FAILURES, REPLAY_CACHE_FALLBACKS
 
 log = logging.getLogger(__name__)
 JWKS_TTL_S = 300
+JWKS_REFRESH_MIN_S = 30.0  # an unknown kid refetches the JWKS at most this often per URL
 
 
 def _unverified_part(token: str, index: int) -> dict[str, Any]:
@@ -112,8 +113,12 @@ class JwtVerifier:
         self.http = http
         self.replay = replay
         self._jwks: dict[str, tuple[float, KeySet]] = {}
+        self._fetched_at: dict[str, float] = {}  # last refresh for an unknown kid, per URL (its rate limit)
 
-    async def _keys(self, iss: str, jku: str | None) -> KeySet:
+    async def _keys(self, iss: str, jku: str | None, kid: str | None = None) -> KeySet:
+        """The issuer's keys: configured, or fetched from its allow-listed JWKS URL and cached for
+        `JWKS_TTL_S`. A `kid` the cached set does not hold refetches at once (an EHR rotated its key), at most
+        once per `JWKS_REFRESH_MIN_S` per URL so that unknown `kid`s cannot make us hammer the EHR."""
         configured = self.settings.jwt_jwks.get(iss)
         url = self.settings.jwt_issuers.get(iss)
         if jku is not None and jku != url:
@@ -122,9 +127,13 @@ class JwtVerifier:
             return KeySet.import_key_set(configured)  # type: ignore[arg-type]
         if url is None:
             raise AuthError("issuer has no keys")
+        now = time.monotonic()
         cached = self._jwks.get(url)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None and cached[0] > now:
+            known = kid is None or any(getattr(k, "kid", None) == kid for k in cached[1].keys)
+            if known or now - self._fetched_at.get(url, float("-inf")) < JWKS_REFRESH_MIN_S:
+                return cached[1]
+            self._fetched_at[url] = now  # a refresh for an unknown kid: the next one waits
         try:
             response = await self.http.get(url, timeout=2.0)
             response.raise_for_status()
@@ -159,7 +168,8 @@ class JwtVerifier:
         if not isinstance(iss, str) or iss not in allowed:
             raise AuthError("issuer not on the allow-list")
         jku = header.get("jku")
-        keys = await self._keys(iss, jku if isinstance(jku, str) else None)
+        kid = header.get("kid")
+        keys = await self._keys(iss, jku if isinstance(jku, str) else None, kid if isinstance(kid, str) else None)
         try:
             decoded = jwt.decode(token, keys, algorithms=self.settings.jwt_algorithms)
         except (JoseError, ValueError) as exc:
