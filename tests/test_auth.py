@@ -268,3 +268,31 @@ def test_an_unknown_kid_refetches_the_jwks_once_then_waits() -> None:
     calls, rotated, refused = asyncio.run(run())
     assert rotated and refused
     assert calls == 2  # the first fetch and one refresh for the rotated kid; none for the five unknown ones
+
+
+def test_a_verified_issuers_hooks_may_fetch_only_from_its_own_fhir_origins(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cds_service.api.main import create_app
+    from tests.servers import FakeFhirServer
+
+    base = "https://cds.example.org"
+    own, foreign = "https://fhir.ehr.example.org/r4", "https://fhir.other.example/r4"
+    settings = Settings(
+        data_dir=tmp_path,
+        public_url=base,
+        jwt_jwks={ISS: JWKS},
+        fhir_origins_by_issuer={ISS: ["https://fhir.ehr.example.org"]},
+    )
+    fhir = FakeFhirServer(own)
+    record = [{"resourceType": "Patient", "id": "p1"}, {"resourceType": "Condition", "id": "c1"}]
+    aud = f"{base}/cds-services/diagnosis-suggestions"
+    app = create_app(settings, backend=None, fhir_transport=fhir.transport())
+    with TestClient(app) as client, fhir.serving(record) as calls:
+        for server, expected in ((own, 200), (foreign, 412)):
+            body = hook_request("patient-view", "p1", None, fhir_server=server, access_token="t")
+            headers = {"Authorization": sign(claims(aud=aud))}
+            response = client.post("/cds-services/diagnosis-suggestions", json=body, headers=headers)
+            assert response.status_code == expected, response.text
+    assert calls["Patient"] == 1  # only the issuer's own server was asked
+    assert "may not be called" in response.json()["issue"][0]["diagnostics"]

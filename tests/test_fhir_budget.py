@@ -110,3 +110,17 @@ def test_one_hook_call_sends_at_most_its_request_cap_all_pages_included() -> Non
 def test_the_token_goes_only_to_allowed_origins(url: str, dev: bool, allowed: list[str], expected: bool) -> None:
     settings = Settings(dev_mode=dev, data_dir=Path("unused"), fhir_allowed_origins=allowed)
     assert fhir_server_allowed(url, settings) is expected
+
+
+def test_an_issuer_with_its_own_list_is_held_to_it() -> None:
+    """The EHR's token goes only to the FHIR servers of the EHR that sent it: one issuer's hooks cannot make
+    us send its token (or fetch) from another EHR's server."""
+    settings = Settings(
+        data_dir=Path("unused"),
+        fhir_origins_by_issuer={"https://ehr-a.test/": ["https://fhir.ehr-a.test"]},
+        fhir_allowed_origins=["https://fhir.ehr-b.test"],
+    )
+    assert fhir_server_allowed("https://fhir.ehr-a.test/r4", settings, "https://ehr-a.test/")
+    assert not fhir_server_allowed("https://fhir.ehr-b.test/r4", settings, "https://ehr-a.test/")
+    assert fhir_server_allowed("https://fhir.ehr-b.test/r4", settings, "https://ehr-b.test/")  # the global list
+    assert not fhir_server_allowed("https://fhir.ehr-a.test/r4", settings, "https://ehr-b.test/")

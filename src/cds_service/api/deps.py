@@ -91,7 +91,8 @@ async def _authorized_service(
     suffix = "/feedback" if request.url.path.rstrip("/").endswith("/feedback") else ""
     audiences = [f"{base}/cds-services/{service_id}{suffix}"]
     try:
-        await verifier.verify(request.headers.get("authorization"), audiences)
+        claims = await verifier.verify(request.headers.get("authorization"), audiences)
+        request.state.issuer = claims["iss"]  # decides which FHIR servers this caller's hooks may name
     except AuthError:
         HOOK_ERRORS.labels(service=service.id, status="401").inc()
         raise

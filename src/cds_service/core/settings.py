@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="FHIR server origins (scheme://host[:port]) the service may call with the EHR's token; empty: "
         "any https origin (and, in development mode, http on loopback). Set it in production.",
     )
+    fhir_origins_by_issuer: dict[str, list[str]] = Field(
+        {},
+        description="Per JWT issuer, the FHIR server origins its hooks may name (checked before the token is "
+        "sent); an issuer listed here is held to its own list.",
+    )
     max_body_bytes: int = Field(20_000_000, description="Larger request bodies are refused with 413.")
     max_cards: int = Field(3, description="Most model cards per response (safety cards are never capped).")
     min_card_probability: float = Field(0.2, description="Model suggestions below this are never shown.")

@@ -89,11 +89,14 @@ class HookCall:
         DEGRADED.labels(service=self.service.id, reason=label or reason).inc()
 
 
-def fhir_server_allowed(url: str, settings: Settings) -> bool:
-    """Whether the service may send the EHR's token to `url`: on the allow-list when one is set, else any
-    https origin; plain http only in development mode and only on loopback."""
+def fhir_server_allowed(url: str, settings: Settings, issuer: str | None = None) -> bool:
+    """Whether the service may send the EHR's token to `url`: on the calling issuer's own list when it has
+    one (`CDS_FHIR_ORIGINS_BY_ISSUER`), else on the global allow-list when one is set, else any https origin;
+    plain http only in development mode and only on loopback."""
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}".lower()
+    if issuer is not None and issuer in settings.fhir_origins_by_issuer:
+        return origin in {o.rstrip("/").lower() for o in settings.fhir_origins_by_issuer[issuer]}
     if settings.fhir_allowed_origins:
         return origin in {o.rstrip("/").lower() for o in settings.fhir_allowed_origins}
     if parts.scheme == "https":
@@ -118,13 +121,18 @@ class HookAnswerer:
         self.cache = cache
         self._background: set[asyncio.Task[None]] = set()  # precomputes, kept alive until done
 
-    async def handle(self, service: ServiceSpec, request: HookRequest, received: float | None = None) -> HookAnswer:
-        """`received`: time.monotonic() when the request arrived; the deadline counts from there."""
+    async def handle(
+        self, service: ServiceSpec, request: HookRequest, received: float | None = None, issuer: str | None = None
+    ) -> HookAnswer:
+        """`received`: time.monotonic() when the request arrived; the deadline counts from there. `issuer`: the
+        verified JWT's `iss` (None in development mode), which decides the FHIR servers it may name."""
         started = received if received is not None else time.monotonic()
         deadline = started + self.settings.deadline_ms / 1000
         context = validate_context(request.hook, request.context)
         fetch_deadline = min(deadline, started + self.settings.fhir_timeout_ms / 1000)
-        data = await gather(service.prefetch, service.required, request, self._fhir_client(request), fetch_deadline)
+        data = await gather(
+            service.prefetch, service.required, request, self._fhir_client(request, issuer), fetch_deadline
+        )
         call = HookCall(service, context, data, deadline, HookAnswer(patient_id=context.patientId), started)
         call.lap("data")
         for key in data.degraded:
@@ -144,12 +152,12 @@ class HookAnswerer:
         call.answer.timings_ms["total"] = (time.monotonic() - started) * 1e3
         return call.answer
 
-    def _fhir_client(self, request: HookRequest) -> FhirClient | None:
+    def _fhir_client(self, request: HookRequest, issuer: str | None = None) -> FhirClient | None:
         """A client for the hook's `fhirServer` with its token; None when the EHR offered none, or one we
         may not call with a token (`fhir_server_allowed`: refused, counted and logged; the prefetch stands)."""
         if not request.fhirServer:
             return None
-        if not fhir_server_allowed(str(request.fhirServer), self.settings):
+        if not fhir_server_allowed(str(request.fhirServer), self.settings, issuer):
             FHIR_REFUSED.inc()
             log.warning("fhirServer refused (not https, or not on CDS_FHIR_ALLOWED_ORIGINS); using the prefetch only")
             return None

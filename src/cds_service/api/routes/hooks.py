@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from cds_service.api.deps import AnswererDep, AuditDep, AuthorizedService, ReceivedDep
@@ -45,6 +45,7 @@ router = APIRouter(tags=["CDS Hooks"])
 )
 async def call_service(
     service: AuthorizedService,
+    request: Request,
     payload: HookRequest,
     answerer: AnswererDep,
     audit: AuditDep,
@@ -54,7 +55,8 @@ async def call_service(
     if payload.hook != service.hook:
         HOOK_ERRORS.labels(service=service.id, status="400").inc()
         raise InvalidRequest(f"hook: service {service.id!r} answers {service.hook!r}, not {payload.hook!r}")
-    status, response, answer = await _answer(answerer, service, payload, received)
+    issuer = getattr(request.state, "issuer", None)
+    status, response, answer = await _answer(answerer, service, payload, received, issuer)
     elapsed = time.perf_counter() - started
     REQUEST_LATENCY.labels(service=service.id, hook=payload.hook).observe(elapsed)
     await _audit(audit, service, payload, status, answer)
@@ -72,11 +74,11 @@ async def call_service(
 
 
 async def _answer(
-    answerer: HookAnswerer, service: ServiceSpec, payload: HookRequest, received: float | None
+    answerer: HookAnswerer, service: ServiceSpec, payload: HookRequest, received: float | None, issuer: str | None
 ) -> tuple[int, Response, HookAnswer]:
     """(status, response, answer): 200 with cards; 400/412 refusals; 200 with no cards if we failed."""
     try:
-        answer = await answerer.handle(service, payload, received)
+        answer = await answerer.handle(service, payload, received, issuer)
     except (InvalidRequest, PrefetchUnavailable) as exc:
         refusal = response_for(exc)
         HOOK_ERRORS.labels(service=service.id, status=str(refusal.status_code)).inc()
