@@ -17,9 +17,10 @@ from cds_service.api.errors import ANSWERED, response_for
 from cds_service.api.main import create_app
 from cds_service.core.errors import AuthError, InvalidRequest, PrefetchUnavailable, UnknownService
 from cds_service.core.settings import Settings
-from cds_service.hooks.examples import hook_request, prefetch_for, searchset
+from cds_service.hooks.examples import hook_request, searchset
 from cds_service.services.answer import HookAnswerer, HookCall
 from cds_service.services.registry import SERVICES
+from tests.records import ASPIRIN_DRAFT, WARFARIN, order_sign, warfarin_aspirin_order_sign
 from tests.servers import FakeFhirServer
 
 FHIR = "https://fhir.ehr.test/r4"
@@ -152,21 +153,7 @@ def test_a_failure_after_the_safety_cards_keeps_them(
         raise RuntimeError("a bug in a later stage")
 
     monkeypatch.setitem(SERVICES, spec.id, dataclasses.replace(spec, handler=fails_after_the_safety_cards))
-    warfarin = {
-        "resourceType": "MedicationRequest",
-        "id": "w1",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
-    }
-    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
-    body = hook_request(
-        "order-sign",
-        "p1",
-        prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin]),
-        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
-    )
+    body = warfarin_aspirin_order_sign()
     response = dev.post(f"/cds-services/{spec.id}", json=body)
     assert response.status_code == 200
     assert [c["summary"].split(":")[0] for c in response.json()["cards"]] == ["Major interaction"]
@@ -176,23 +163,8 @@ def test_a_failure_after_the_safety_cards_keeps_them(
 @pytest.mark.parametrize("key", ["medications", "allergies"])
 def test_a_malformed_bundle_keeps_the_other_checks_and_says_what_it_could_not_check(dev: TestClient, key: str) -> None:
     """Found by the campaign: a Bundle whose `entry` is a number emptied the whole answer."""
-    warfarin = {
-        "resourceType": "MedicationRequest",
-        "id": "w1",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
-    }
-    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
-    prefetch = prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin])
-    prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": 5}
-    body = hook_request(
-        "order-sign",
-        "p1",
-        prefetch,
-        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
-    )
+    body = warfarin_aspirin_order_sign()
+    body["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "entry": 5}
     response = dev.post("/cds-services/treatment-recommendations-order-sign", json=body)
     assert response.status_code == 200
     summaries = [c["summary"] for c in response.json()["cards"]]
@@ -220,22 +192,8 @@ def test_a_deeply_nested_body_is_a_400_never_a_500(dev: TestClient) -> None:
 def test_another_patients_prefetched_record_is_never_read_as_this_ones(dev: TestClient, tmp_path: Path) -> None:
     """Found by the campaign: the prefetched Patient was not checked against context.patientId. Another
     patient's Patient resource is dropped (the key counts as partial); the safety checks still run."""
-    warfarin = {
-        "resourceType": "MedicationRequest",
-        "id": "m1",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
-    }
-    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
     other = {"resourceType": "Patient", "id": "someone-else", "birthDate": "1930-01-01"}
-    body = hook_request(
-        "order-sign",
-        "p1",
-        prefetch_for([other, warfarin]),
-        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
-    )
+    body = order_sign([other, WARFARIN], [ASPIRIN_DRAFT])
     response = dev.post("/cds-services/treatment-recommendations-order-sign", json=body)
     assert response.status_code == 200
     assert any(c["summary"].startswith("Major interaction") for c in response.json()["cards"])

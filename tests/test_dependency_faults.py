@@ -21,32 +21,14 @@ from sqlalchemy import create_engine, text
 
 from cds_service.api.main import create_app
 from cds_service.core.settings import Settings
-from cds_service.hooks.examples import hook_request, prefetch_for
 from tests import processes
+from tests.records import warfarin_aspirin_order_sign
 from tests.test_auth import ISS, JWKS, claims, sign
 
 pytestmark = pytest.mark.slow
 SERVICE = "treatment-recommendations-order-sign"
 PUBLIC = "https://cds.example.org"
 BUDGET_S = 2.0  # the deadline (450 ms) plus the dependency timeouts, with room for a loaded CI machine
-
-
-def order_sign_body() -> dict[str, Any]:
-    warfarin = {
-        "resourceType": "MedicationRequest",
-        "id": "w1",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
-    }
-    draft = dict(warfarin, id="d1", status="draft", medicationCodeableConcept={"text": "Aspirin 325 MG Oral Tablet"})
-    return hook_request(
-        "order-sign",
-        "p1",
-        prefetch_for([{"resourceType": "Patient", "id": "p1"}, warfarin]),
-        extra_context={"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
-    )
 
 
 @pytest.fixture()
@@ -91,13 +73,13 @@ def test_a_hung_database_costs_each_answer_its_timeout_and_loses_no_audit_record
     sent: list[str] = []
     with TestClient(create_app(settings, backend=None)) as client:
         for _ in range(3):
-            body = order_sign_body()
+            body = warfarin_aspirin_order_sign()
             response, _ = timed_post(client, body)
             assert response.status_code == 200
             sent.append(body["hookInstance"])
         with processes.paused(server):
             for _ in range(10):
-                body = order_sign_body()
+                body = warfarin_aspirin_order_sign()
                 response, elapsed = timed_post(client, body)
                 assert response.status_code == 200 and elapsed < BUDGET_S, elapsed
                 assert response.json()["cards"][0]["summary"].startswith("Major interaction")  # safety intact
@@ -136,16 +118,16 @@ def test_a_hung_redis_costs_jwt_calls_milliseconds_and_replays_are_still_caught(
         return {"Authorization": sign(claims(aud=audience, jti=str(uuid.uuid4())))}
 
     with TestClient(create_app(settings, backend=None)) as client:
-        response, _ = timed_post(client, order_sign_body(), headers=token())
+        response, _ = timed_post(client, warfarin_aspirin_order_sign(), headers=token())
         assert response.status_code == 200
         with processes.paused(server):
             reused = token()
             for headers in [reused] + [token() for _ in range(9)]:
-                response, elapsed = timed_post(client, order_sign_body(), headers=headers)
+                response, elapsed = timed_post(client, warfarin_aspirin_order_sign(), headers=headers)
                 assert response.status_code == 200 and elapsed < BUDGET_S, (response.status_code, elapsed)
                 assert response.json()["cards"][0]["summary"].startswith("Major interaction")
-            replayed, _ = timed_post(client, order_sign_body(), headers=reused)
+            replayed, _ = timed_post(client, warfarin_aspirin_order_sign(), headers=reused)
             assert replayed.status_code == 401  # the same process remembers the jti while Redis is away
             assert client.get("/readyz").json()["redis"] == "down"
-        response, _ = timed_post(client, order_sign_body(), headers=token())
+        response, _ = timed_post(client, warfarin_aspirin_order_sign(), headers=token())
         assert response.status_code == 200

@@ -22,6 +22,7 @@ from cds_service.ml.contract import EvidenceItem, Finding, ScoringJob, ScoringRe
 from cds_service.services.answer import HookAnswer, HookAnswerer
 from cds_service.services.registry import SERVICES
 from cds_service.services.trust import evidence_holds, trusted_findings
+from tests.records import WARFARIN
 
 VERSION = "fake@1"
 
@@ -171,16 +172,8 @@ def test_no_card_claims_certainty() -> None:
 def test_an_unfamiliar_record_gets_no_model_card_but_keeps_its_safety_cards() -> None:
     verdict = {"familiar": False, "failed": ["gap", "age"], "measures": {"gap_days": 2000.0}}
     statin = finding("medication", "RXNORM/312961", "Simvastatin 20 MG Oral Tablet")
-    warfarin = {
-        "resourceType": "MedicationRequest",
-        "id": "w1",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "Warfarin Sodium 5 MG Oral Tablet"},
-    }
     got = order_select(
-        FixedBackend([statin], verdict), [PATIENT, HYPERLIPIDEMIA, warfarin], "Ibuprofen 400 MG Oral Tablet"
+        FixedBackend([statin], verdict), [PATIENT, HYPERLIPIDEMIA, WARFARIN], "Ibuprofen 400 MG Oral Tablet"
     )
     assert model_cards(got) == []
     assert "unfamiliar-record" in got.reasons and got.withheld == ["unfamiliar:gap", "unfamiliar:age"]
