@@ -198,3 +198,12 @@ def test_another_patients_prefetched_record_is_never_read_as_this_ones(dev: Test
     assert response.status_code == 200
     assert any(c["summary"].startswith("Major interaction") for c in response.json()["cards"])
     assert "data-partial:patient" in audit(tmp_path, body["hookInstance"])[1]["reasons"]
+
+
+@pytest.mark.parametrize("field", ["patientId", "userId", "encounterId"])
+def test_an_over_long_id_is_a_400_naming_it_before_it_reaches_the_database(dev: TestClient, field: str) -> None:
+    """Found by the campaign: over-long ids gave 500s or skipped audit rows."""
+    body = hook_request("patient-view", "p1", PREFETCH)
+    body["context"][field] = "x" * 10_000
+    response = dev.post(DX, json=body)
+    assert response.status_code == 400 and response.json()["detail"].startswith(f"context.{field}: ")

@@ -19,6 +19,10 @@ from cds_service.core.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+# Ids and names from the client, bounded at the edge (a 400 naming the field), within the audit columns they
+# are stored in: an over-long id must never reach the database as a 500 or a skipped audit row.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
 
 
 class _Wire(BaseModel):
@@ -41,9 +45,9 @@ class FhirAuthorization(_Wire):
 
 
 class HookRequest(_Wire):
-    hook: NonEmpty
+    hook: Name
     hookInstance: NonEmpty
-    fhirServer: str | None = None
+    fhirServer: Annotated[str, StringConstraints(max_length=2048)] | None = None
     fhirAuthorization: FhirAuthorization | None = None
     context: dict[str, Any]
     prefetch: dict[str, Any] | None = None
@@ -63,13 +67,13 @@ class HookRequest(_Wire):
 
 
 class PatientContext(_Wire):
-    userId: NonEmpty
-    patientId: NonEmpty
-    encounterId: str | None = None
+    userId: Id
+    patientId: Id
+    encounterId: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
 class EncounterStartContext(PatientContext):
-    encounterId: NonEmpty
+    encounterId: Id
 
 
 class OrderSignContext(PatientContext):
